@@ -1,0 +1,363 @@
+"""Events: the JSON envelope, typed validation against the catalog, idempotency keys.
+
+An event is one JSON object (SPEC §3). `parse_event` turns a decoded object into an
+`Event` or raises `InvalidEvent` / `UnknownEventType` with a one-line reason; it never
+crashes on bad input. Validation is compiled once per catalog entry (`Catalog`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from servo._errors import InvalidEvent
+from servo.spec import EventSpec, FieldSpec, RecordSpec, Spec
+
+__all__ = [
+    "Catalog",
+    "Event",
+    "UnknownEventType",
+    "format_timestamp",
+    "parse_timestamp",
+]
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_ID_TEXT = re.compile(r"^[\x21-\x7e]{1,256}$")
+
+
+class UnknownEventType(InvalidEvent):
+    """The envelope names an event type that is not in the catalog."""
+
+
+def parse_timestamp(value: object, what: str) -> datetime:
+    """An RFC 3339 timestamp with an explicit offset, as an aware UTC datetime."""
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{what}: expected an RFC 3339 string, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(f"{what}: not an RFC 3339 timestamp: {value[:64]!r}") from None
+    if parsed.tzinfo is None:
+        raise InvalidEvent(f"{what}: timestamp needs a UTC offset ('Z'): {value[:64]!r}")
+    return parsed.astimezone(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 UTC ending in `Z`; fractional seconds only when present."""
+    text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated event. `data` holds the payload as decoded JSON (timestamps as text)."""
+
+    event_id: str
+    event_type: str
+    tenant_id: str
+    workspace_id: str
+    idempotency_key: str
+    occurred_at: datetime
+    data: Mapping[str, Any]
+    source: str = ""
+    traceparent: str | None = None
+    schema_version: int = 1
+
+    def envelope(self) -> dict[str, Any]:
+        """The JSON envelope (SPEC §3) of this event."""
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "schema_version": self.schema_version,
+            "tenant_id": self.tenant_id,
+            "workspace_id": self.workspace_id,
+            "idempotency_key": self.idempotency_key,
+            "occurred_at": format_timestamp(self.occurred_at),
+            "source": self.source,
+            "data": dict(self.data),
+        }
+        if self.traceparent is not None:
+            out["traceparent"] = self.traceparent
+        return out
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal events give equal text."""
+        return json.dumps(self.envelope(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+Check = Callable[[Any, str], None]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    spec: EventSpec
+    checks: tuple[tuple[str, bool, Check], ...]
+    key_template: Callable[[Mapping[str, Any]], str] | None
+
+
+@dataclass
+class Catalog:
+    """The event catalog compiled for fast validation and key rendering."""
+
+    spec: Spec
+    _compiled: dict[str, _Compiled] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, event in self.spec.events.items():
+            checks = tuple(
+                (f.name, f.optional, _compile_field(f, self.spec.records)) for f in event.fields
+            )
+            self._compiled[name] = _Compiled(event, checks, _compile_key(event))
+
+    def event_spec(self, event_type: str) -> EventSpec | None:
+        """The catalog entry of `event_type`, or None."""
+        compiled = self._compiled.get(event_type)
+        return compiled.spec if compiled else None
+
+    def idempotency_key(self, event_type: str, data: Mapping[str, Any]) -> str:
+        """Render the catalog's idempotency-key template for a payload."""
+        compiled = self._compiled[event_type]
+        if compiled.key_template is None:
+            raise InvalidEvent(f"{event_type}: derived events have no idempotency key")
+        return compiled.key_template(data)
+
+    def validate_data(self, event_type: str, data: object) -> Mapping[str, Any]:
+        """Check a payload against the catalog; raise InvalidEvent naming the field."""
+        compiled = self._compiled.get(event_type)
+        if compiled is None:
+            raise UnknownEventType(f"unknown event type {event_type!r}")
+        if not isinstance(data, dict):
+            raise InvalidEvent(f"{event_type}: data must be an object")
+        for name, optional, check in compiled.checks:
+            value = data.get(name)
+            if value is None:
+                if not optional:
+                    raise InvalidEvent(f"{event_type}: data.{name} is required")
+                continue
+            check(value, f"{event_type}: data.{name}")
+        return data
+
+    def parse(self, obj: object) -> Event:
+        """Validate a decoded JSON envelope into an Event."""
+        if not isinstance(obj, dict):
+            raise InvalidEvent("an event must be a JSON object")
+        event_id = obj.get("event_id")
+        if not isinstance(event_id, str) or not _ID_TEXT.match(event_id):
+            raise InvalidEvent("event_id must be a non-empty printable string (a ULID)")
+        try:
+            return self._parse(obj, event_id)
+        except InvalidEvent as exc:
+            exc.event_id = event_id
+            raise
+
+    def _parse(self, obj: dict[str, Any], event_id: str) -> Event:
+        event_type = obj.get("event_type")
+        if not isinstance(event_type, str):
+            raise InvalidEvent("event_type must be a string")
+        compiled = self._compiled.get(event_type)
+        if compiled is None:
+            raise UnknownEventType(f"unknown event type {event_type[:64]!r}")
+        if compiled.spec.derived:
+            raise InvalidEvent(f"{event_type} is derived inside the fold and never stored")
+        version = obj.get("schema_version", 1)
+        if version != 1 or isinstance(version, bool):
+            raise InvalidEvent(f"unsupported schema_version {version!r} (this fold reads 1)")
+        tenant, workspace = obj.get("tenant_id"), obj.get("workspace_id")
+        if not isinstance(tenant, str) or not tenant or not isinstance(workspace, str) or not workspace:
+            raise InvalidEvent("tenant_id and workspace_id must be non-empty strings")
+        occurred_at = parse_timestamp(obj.get("occurred_at"), "occurred_at")
+        data = self.validate_data(event_type, obj.get("data"))
+        key = obj.get("idempotency_key")
+        if key is None:
+            key = self.idempotency_key(event_type, data)
+        elif not isinstance(key, str) or not key:
+            raise InvalidEvent("idempotency_key must be a non-empty string")
+        source = obj.get("source", "")
+        traceparent = obj.get("traceparent")
+        if not isinstance(source, str) or (traceparent is not None and not isinstance(traceparent, str)):
+            raise InvalidEvent("source and traceparent must be strings")
+        return Event(
+            event_id=event_id,
+            event_type=event_type,
+            tenant_id=tenant,
+            workspace_id=workspace,
+            idempotency_key=key,
+            occurred_at=occurred_at,
+            data=data,
+            source=source,
+            traceparent=traceparent,
+            schema_version=1,
+        )
+
+    def make(
+        self,
+        event_type: str,
+        data: Mapping[str, Any],
+        *,
+        event_id: str,
+        tenant_id: str,
+        workspace_id: str,
+        occurred_at: datetime,
+        source: str = "",
+        traceparent: str | None = None,
+    ) -> Event:
+        """Build a validated event with its catalog idempotency key (for producers)."""
+        clean = {k: v for k, v in data.items() if v is not None}
+        return self.parse(
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "schema_version": 1,
+                "tenant_id": tenant_id,
+                "workspace_id": workspace_id,
+                "idempotency_key": self.idempotency_key(event_type, clean),
+                "occurred_at": format_timestamp(occurred_at),
+                "source": source,
+                "traceparent": traceparent,
+                "data": clean,
+            }
+        )
+
+
+# ---------------------------------------------------------------- compilers --
+
+
+def _compile_field(spec: FieldSpec, records: Mapping[str, RecordSpec]) -> Check:
+    kind = spec.kind
+    if kind == "str":
+        return _check_type(str, "a string")
+    if kind == "int":
+
+        def check_int(value: Any, where: str) -> None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidEvent(f"{where}: expected an integer")
+
+        return check_int
+    if kind == "bool":
+        return _check_type(bool, "true or false")
+    if kind == "object":
+        return _check_type(dict, "an object")
+    if kind == "timestamp":
+
+        def check_ts(value: Any, where: str) -> None:
+            parse_timestamp(value, where)
+
+        return check_ts
+    if kind == "enum":
+        allowed = frozenset(spec.enum)
+        shown = "/".join(spec.enum)
+
+        def check_enum(value: Any, where: str) -> None:
+            if value not in allowed:
+                raise InvalidEvent(f"{where}: expected one of {shown}")
+
+        return check_enum
+    if kind in ("list", "map"):
+        assert spec.item is not None
+        item = _compile_field(spec.item, records)
+        if kind == "list":
+
+            def check_list(value: Any, where: str) -> None:
+                if not isinstance(value, list):
+                    raise InvalidEvent(f"{where}: expected a list")
+                for i, element in enumerate(value):
+                    item(element, f"{where}[{i}]")
+
+            return check_list
+
+        def check_map(value: Any, where: str) -> None:
+            if not isinstance(value, dict):
+                raise InvalidEvent(f"{where}: expected an object")
+            for k, element in value.items():
+                item(element, f"{where}.{k}")
+
+        return check_map
+    assert spec.record is not None
+    record = records[spec.record]
+    members = tuple((f.name, f.optional, _compile_field(f, records)) for f in record.fields)
+
+    def check_record(value: Any, where: str) -> None:
+        if not isinstance(value, dict):
+            raise InvalidEvent(f"{where}: expected an object")
+        for name, optional, check in members:
+            member = value.get(name)
+            if member is None:
+                if not optional:
+                    raise InvalidEvent(f"{where}.{name} is required")
+                continue
+            check(member, f"{where}.{name}")
+
+    return check_record
+
+
+def _check_type(kind: type, shown: str) -> Check:
+    def check(value: Any, where: str) -> None:
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise InvalidEvent(f"{where}: expected {shown}")
+
+    return check
+
+
+def _render(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _lookup(data: Mapping[str, Any], path: str) -> Any:
+    value: Any = data
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _template(template: str) -> Callable[[Mapping[str, Any]], str]:
+    pieces: list[str | tuple[str, bool]] = []
+    last = 0
+    for match in _PLACEHOLDER.finditer(template):
+        pieces.append(template[last : match.start()])
+        expr = match.group(1)
+        hashed = expr.startswith("sha256_hex(") and expr.endswith(")")
+        pieces.append((expr[len("sha256_hex(") : -1] if hashed else expr, hashed))
+        last = match.end()
+    pieces.append(template[last:])
+
+    def render(data: Mapping[str, Any]) -> str:
+        out = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+            else:
+                text = _render(_lookup(data, piece[0]))
+                out.append(hashlib.sha256(text.encode()).hexdigest() if piece[1] else text)
+        return "".join(out)
+
+    return render
+
+
+def _compile_key(event: EventSpec) -> Callable[[Mapping[str, Any]], str] | None:
+    if event.idempotency_key is not None:
+        return _template(event.idempotency_key)
+    if event.idempotency_key_by is not None:
+        by = event.idempotency_key_by
+        variants = {name: _template(text) for name, text in event.idempotency_keys}
+
+        def render(data: Mapping[str, Any]) -> str:
+            selector = _render(_lookup(data, by))
+            if selector not in variants:
+                raise InvalidEvent(f"{event.name}: {by} must be one of {', '.join(variants)}")
+            return variants[selector](data)
+
+        return render
+    return None

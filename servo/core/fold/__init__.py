@@ -1,0 +1,8 @@
+"""The Layer 1 fold: events -> tables, driven by the spec rows (pure, no I/O)."""
+
+from __future__ import annotations
+
+from servo.core.fold import _rules as _rules  # registers guards, effects, locators
+from servo.core.fold._projection import LAYER1_TABLES, Projection, fold
+
+__all__ = ["LAYER1_TABLES", "Projection", "fold"]

@@ -1,0 +1,177 @@
+"""The table-driven step: find the instance an event moves, pick the first row whose
+guards hold, set the state, run the row's effects, then drain derived events.
+
+Nothing here knows a state name: every decision comes from the spec rows and the
+guards/effects/locators they name in the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from servo.core._registry import GuardEntry, Registry
+from servo.core.fold._rows import Derived, Partition, Rejection
+from servo.spec import EventSpec, Machine, Spec
+
+__all__ = ["Ctx", "Engine", "Locator"]
+
+
+@dataclass(slots=True)
+class Ctx:
+    """What guards, effects and locators see: the partition, the event, the instance."""
+
+    part: Partition
+    event_type: str
+    event_id: str
+    occurred_at: datetime
+    data: Mapping[str, Any]
+    row: Any = None
+    engine: Engine | None = None
+
+    def raise_derived(self, machine: str, instance: Any, event_type: str, data: dict[str, Any]) -> None:
+        """Queue a derived event (applied after the current event, never stored)."""
+        self.part.pending.append(Derived(machine, instance, event_type, data))
+
+
+class Locator(Protocol):
+    """How an event finds (or creates) the instances of one machine it moves."""
+
+    def find(self, ctx: Ctx) -> list[Any] | str:
+        """Existing instances, or a rejection reason (e.g. UNKNOWN_RUN, or "" if none)."""
+        ...
+
+    def create(self, ctx: Ctx) -> list[Any]:
+        """Create and store the instances a `created_by` event makes."""
+        ...
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    machine: Machine
+    locator: Locator
+    creates: bool
+
+
+class Engine:
+    """Applies events to partitions by looking transitions up in the spec tables."""
+
+    def __init__(self, spec: Spec, registry: Registry, layer: int = 1) -> None:
+        self.spec = spec
+        self.guards: dict[str, GuardEntry] = registry.guards
+        self.effects = registry.effects
+        self._plans: dict[str, tuple[EventSpec, _Bound, tuple[_Bound, ...]]] = {}
+        for name, event in spec.events.items():
+            if event.layer != layer:
+                continue
+            primary = self._bind(registry, event.machine, name)
+            also = tuple(self._bind(registry, m, name) for m in event.also)
+            self._plans[name] = (event, primary, also)
+
+    def _bind(self, registry: Registry, machine_name: str, event: str) -> _Bound:
+        machine = self.spec.machines[machine_name]
+        locator: Locator = registry.locators[machine.locator]()
+        return _Bound(machine, locator, event in machine.created_by)
+
+    def handles(self, event_type: str) -> bool:
+        """True if this engine folds `event_type`."""
+        return event_type in self._plans
+
+    def apply(self, ctx: Ctx) -> Rejection | None:
+        """Apply one stored event; return its rejection, or None if accepted."""
+        event, primary, also = self._plans[ctx.event_type]
+        ctx.engine = self
+        try:
+            instances = self._instances(primary, ctx)
+            for instance in instances:
+                reason = self._step(primary.machine, instance, ctx)
+                if reason is not None:
+                    what = getattr(instance, "state", "?")
+                    detail = f"{primary.machine.name} in {what} refuses {ctx.event_type}"
+                    raise _Refused(reason if reason else event.unmatched, detail)
+        except _Refused as refused:
+            ctx.part.pending.clear()
+            return Rejection(ctx.event_id, refused.reason, ctx.event_type, refused.detail)
+        for bound in also:
+            try:
+                for instance in self._instances(bound, ctx):
+                    self._step(bound.machine, instance, ctx)
+            except _Refused:
+                continue
+        self._drain(ctx)
+        return None
+
+    def _instances(self, bound: _Bound, ctx: Ctx) -> list[Any]:
+        found = bound.locator.find(ctx)
+        if bound.creates:
+            if isinstance(found, list) and found:
+                raise _Refused("INVALID_TRANSITION", f"{bound.machine.name} already exists")
+            if isinstance(found, str) and found:
+                raise _Refused(found, f"{bound.machine.name}: {found.lower().replace('_', ' ')}")
+            created = bound.locator.create(ctx)
+            for instance in created:
+                instance.state = bound.machine.initial
+                instance.row_version = ctx.event_id
+                _count(ctx.part, bound.machine.name, None, instance.state)
+            # A created instance takes the creating event through its rows if it has any.
+            return [i for i in created if bound.machine.rows(i.state, ctx.event_type)]
+        if isinstance(found, str):
+            reason = found or "INVALID_TRANSITION"
+            raise _Refused(reason, f"no {bound.machine.name} for this event")
+        return found
+
+    def _step(self, machine: Machine, instance: Any, ctx: Ctx) -> str | None:
+        """Move one instance; None if a row accepted, else the refusal reason ('' = unmatched)."""
+        rows = machine.rows(instance.state, ctx.event_type)
+        if not rows:
+            return ""
+        reason: str | None = None
+        ctx.row = instance
+        for row in rows:
+            for name in row.guards:
+                entry = self.guards[name]
+                if not entry.fn(ctx):
+                    if reason is None and entry.rejects:
+                        reason = entry.rejects
+                    break
+            else:
+                before = instance.state
+                instance.state = row.target
+                instance.row_version = ctx.event_id
+                _count(ctx.part, machine.name, before, row.target)
+                for effect in row.effects:
+                    self.effects[effect](ctx)
+                return None
+        return reason or "INVALID_TRANSITION"
+
+    def _drain(self, cause: Ctx) -> None:
+        part = cause.part
+        while part.pending:
+            derived = part.pending.popleft()
+            ctx = Ctx(
+                part=part,
+                event_type=derived.event_type,
+                event_id=cause.event_id,
+                occurred_at=cause.occurred_at,
+                data=derived.data,
+                engine=self,
+            )
+            self._step(self.spec.machines[derived.machine], derived.instance, ctx)
+
+
+def _count(part: Partition, machine: str, before: str | None, after: str) -> None:
+    if machine != "task" or before == after:
+        return
+    counts = part.task_counts
+    if before is not None:
+        counts[before] -= 1
+    counts[after] = counts.get(after, 0) + 1
