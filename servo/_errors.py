@@ -44,7 +44,7 @@ class InvalidEvent(ServoError):
         self.event_id = event_id
 
 
-class InvalidId(ServoError):
+class InvalidId(ServoError, ValueError):
     """An identifier is malformed or could escape its storage scope."""
 
 

@@ -54,7 +54,7 @@ class Projection:
 
     def apply_lines(self, lines: Iterable[str | bytes]) -> None:
         """Parse JSON lines (blank lines ignored) and fold them; bad lines are rejected."""
-        self.apply(self._parse_lines(lines))
+        self._apply(self._parse_lines(lines))
 
     def _parse_lines(self, lines: Iterable[str | bytes]) -> Iterator[Event]:
         for raw in lines:
@@ -75,7 +75,11 @@ class Projection:
         """Validate one decoded envelope; record a rejection and return None if bad."""
         try:
             event = self.catalog.parse(obj)
-            check_semantics(event)
+            try:
+                check_semantics(event)
+            except InvalidEvent as exc:
+                exc.event_id = event.event_id
+                raise
             return event
         except UnknownEventType as exc:
             self._reject(exc, obj, text, "UNKNOWN_EVENT_TYPE")
@@ -99,6 +103,17 @@ class Projection:
 
     def apply(self, events: Iterable[Event]) -> None:
         """Fold events (any order, duplicates allowed) into the tables."""
+        self._apply(e for e in events if self._consistent(e))
+
+    def _consistent(self, event: Event) -> bool:
+        try:
+            check_semantics(event)
+        except InvalidEvent as exc:
+            self.invalid[event.event_id] = Rejection(event.event_id, "INVALID", event.event_type, str(exc))
+            return False
+        return True
+
+    def _apply(self, events: Iterable[Event]) -> None:
         batches: dict[str, list[Event]] = {}
         for event in events:
             if not self.engine.handles(event.event_type):
