@@ -15,13 +15,6 @@ app = typer.Typer(
 )
 
 
-def _mount() -> None:
-    from servo.cli import _spec
-
-    app.add_typer(_spec.spec_app, name="spec")
-
-
 def main() -> None:
     """Entry point of the `servo` script."""
-    _mount()
     app()

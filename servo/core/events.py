@@ -36,15 +36,16 @@ class UnknownEventType(InvalidEvent):
 
 def parse_timestamp(value: object, what: str) -> datetime:
     """An RFC 3339 timestamp with an explicit offset, as an aware UTC datetime."""
+    where = f"{what}: " if what else ": "
     if not isinstance(value, str):
-        raise InvalidEvent(f"{what}: expected an RFC 3339 string, got {type(value).__name__}")
+        raise InvalidEvent(f"{where}expected an RFC 3339 string, got {type(value).__name__}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(f"{what}: not an RFC 3339 timestamp: {value[:64]!r}") from None
+        raise InvalidEvent(f"{where}not an RFC 3339 timestamp: {value[:64]!r}") from None
     if parsed.tzinfo is None:
-        raise InvalidEvent(f"{what}: timestamp needs a UTC offset ('Z'): {value[:64]!r}")
-    return parsed.astimezone(UTC)
+        raise InvalidEvent(f"{where}timestamp needs a UTC offset ('Z'): {value[:64]!r}")
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -92,13 +93,13 @@ class Event:
         return json.dumps(self.envelope(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-Check = Callable[[Any, str], None]
+Check = Callable[[Any], str | None]
 
 
 @dataclass(frozen=True)
 class _Compiled:
     spec: EventSpec
-    checks: tuple[tuple[str, bool, Check], ...]
+    checks: tuple[tuple[str, bool, type | None, Check], ...]
     key_template: Callable[[Mapping[str, Any]], str] | None
 
 
@@ -112,7 +113,8 @@ class Catalog:
     def __post_init__(self) -> None:
         for name, event in self.spec.events.items():
             checks = tuple(
-                (f.name, f.optional, _compile_field(f, self.spec.records)) for f in event.fields
+                (f.name, f.optional, _SIMPLE.get(f.kind), _compile_field(f, self.spec.records))
+                for f in event.fields
             )
             self._compiled[name] = _Compiled(event, checks, _compile_key(event))
 
@@ -135,13 +137,17 @@ class Catalog:
             raise UnknownEventType(f"unknown event type {event_type!r}")
         if not isinstance(data, dict):
             raise InvalidEvent(f"{event_type}: data must be an object")
-        for name, optional, check in compiled.checks:
+        for name, optional, simple, check in compiled.checks:
             value = data.get(name)
             if value is None:
                 if not optional:
                     raise InvalidEvent(f"{event_type}: data.{name} is required")
                 continue
-            check(value, f"{event_type}: data.{name}")
+            if simple is not None and type(value) is simple:
+                continue
+            problem = check(value)
+            if problem is not None:
+                raise InvalidEvent(f"{event_type}: data.{name}{problem}")
         return data
 
     def parse(self, obj: object) -> Event:
@@ -227,36 +233,41 @@ class Catalog:
 
 
 # ---------------------------------------------------------------- compilers --
+# A check returns None when the value is fine, else the rest of a message that
+# follows the field's path (": expected a list", "[2].task_key is required").
+# Simple scalar types are checked inline by the caller with `type(v) is T`, which is
+# exact for decoded JSON (bool is not accepted as int).
+
+_SIMPLE: dict[str, type] = {"str": str, "int": int, "bool": bool, "object": dict}
+_SHOWN: dict[type, str] = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
 
 
 def _compile_field(spec: FieldSpec, records: Mapping[str, RecordSpec]) -> Check:
     kind = spec.kind
-    if kind == "str":
-        return _check_type(str, "a string")
-    if kind == "int":
+    simple = _SIMPLE.get(kind)
+    if simple is not None:
+        shown = ": expected " + _SHOWN[simple]
 
-        def check_int(value: Any, where: str) -> None:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise InvalidEvent(f"{where}: expected an integer")
+        def check_simple(value: Any) -> str | None:
+            return None if type(value) is simple else shown
 
-        return check_int
-    if kind == "bool":
-        return _check_type(bool, "true or false")
-    if kind == "object":
-        return _check_type(dict, "an object")
+        return check_simple
     if kind == "timestamp":
 
-        def check_ts(value: Any, where: str) -> None:
-            parse_timestamp(value, where)
+        def check_ts(value: Any) -> str | None:
+            try:
+                parse_timestamp(value, "")
+            except InvalidEvent as exc:
+                return str(exc)
+            return None
 
         return check_ts
     if kind == "enum":
         allowed = frozenset(spec.enum)
-        shown = "/".join(spec.enum)
+        shown_enum = ": expected one of " + "/".join(spec.enum)
 
-        def check_enum(value: Any, where: str) -> None:
-            if value not in allowed:
-                raise InvalidEvent(f"{where}: expected one of {shown}")
+        def check_enum(value: Any) -> str | None:
+            return None if type(value) is str and value in allowed else shown_enum
 
         return check_enum
     if kind in ("list", "map"):
@@ -264,45 +275,46 @@ def _compile_field(spec: FieldSpec, records: Mapping[str, RecordSpec]) -> Check:
         item = _compile_field(spec.item, records)
         if kind == "list":
 
-            def check_list(value: Any, where: str) -> None:
-                if not isinstance(value, list):
-                    raise InvalidEvent(f"{where}: expected a list")
+            def check_list(value: Any) -> str | None:
+                if type(value) is not list:
+                    return ": expected a list"
                 for i, element in enumerate(value):
-                    item(element, f"{where}[{i}]")
+                    problem = item(element)
+                    if problem is not None:
+                        return f"[{i}]{problem}"
+                return None
 
             return check_list
 
-        def check_map(value: Any, where: str) -> None:
-            if not isinstance(value, dict):
-                raise InvalidEvent(f"{where}: expected an object")
-            for k, element in value.items():
-                item(element, f"{where}.{k}")
+        def check_map(value: Any) -> str | None:
+            if type(value) is not dict:
+                return ": expected an object"
+            for key, element in value.items():
+                problem = item(element)
+                if problem is not None:
+                    return f".{key}{problem}"
+            return None
 
         return check_map
     assert spec.record is not None
     record = records[spec.record]
     members = tuple((f.name, f.optional, _compile_field(f, records)) for f in record.fields)
 
-    def check_record(value: Any, where: str) -> None:
-        if not isinstance(value, dict):
-            raise InvalidEvent(f"{where}: expected an object")
+    def check_record(value: Any) -> str | None:
+        if type(value) is not dict:
+            return ": expected an object"
         for name, optional, check in members:
             member = value.get(name)
             if member is None:
                 if not optional:
-                    raise InvalidEvent(f"{where}.{name} is required")
+                    return f".{name} is required"
                 continue
-            check(member, f"{where}.{name}")
+            problem = check(member)
+            if problem is not None:
+                return f".{name}{problem}"
+        return None
 
     return check_record
-
-
-def _check_type(kind: type, shown: str) -> Check:
-    def check(value: Any, where: str) -> None:
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise InvalidEvent(f"{where}: expected {shown}")
-
-    return check
 
 
 def _render(value: Any) -> str:

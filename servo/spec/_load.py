@@ -12,7 +12,7 @@ import tomllib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from servo._errors import SpecError
 from servo.spec._model import (
@@ -94,6 +94,8 @@ def _read(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{_rel(path)}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{_rel(path)}: not UTF-8 (byte {exc.start})") from None
     except OSError as exc:
         raise SpecError(f"{_rel(path)}: cannot read: {exc.strerror}") from None
 
@@ -108,7 +110,7 @@ class _Table:
             self.fail(f"expected a table, got {type(data).__name__}")
         self.data: dict[str, Any] = data
 
-    def fail(self, message: str, key: str | None = None) -> SpecError:
+    def fail(self, message: str, key: str | None = None) -> NoReturn:
         place = self.where if key is None else f"{self.where}.{key}" if self.where else key
         prefix = f"{_rel(self.path)}: {place}: " if place else f"{_rel(self.path)}: "
         raise SpecError(prefix + message)
@@ -119,7 +121,7 @@ class _Table:
             if key not in allowed:
                 self.fail(f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None) -> str:
         value = self.data.get(key, default)
         if value is None:
             self.fail("missing required key", key)
@@ -127,7 +129,7 @@ class _Table:
             self.fail(f"expected a string, got {type(value).__name__}", key)
         return value
 
-    def int(self, key: str, default: int | None = None) -> int:
+    def integer(self, key: str, default: int | None = None) -> int:
         value = self.data.get(key, default)
         if value is None:
             self.fail("missing required key", key)
@@ -135,7 +137,7 @@ class _Table:
             self.fail(f"expected an integer, got {type(value).__name__}", key)
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             self.fail(f"expected true or false, got {type(value).__name__}", key)
@@ -250,10 +252,10 @@ def _load_events(root: Path, records: dict[str, RecordSpec]) -> dict[str, EventS
                 "fields",
             ]
         )
-        category = t.str("category")
+        category = t.text("category")
         if category not in CATEGORIES:
             t.fail(f"unknown category {category!r} (one of {', '.join(CATEGORIES)})", "category")
-        unmatched = t.str("unmatched", "INVALID_TRANSITION")
+        unmatched = t.text("unmatched", "INVALID_TRANSITION")
         if unmatched not in REJECT_REASONS:
             t.fail(f"unknown rejection reason {unmatched!r}", "unmatched")
         fields = _fields(t.table("fields"), records)
@@ -266,11 +268,11 @@ def _load_events(root: Path, records: dict[str, RecordSpec]) -> dict[str, EventS
             if key is not None or by is not None or keyed.data:
                 t.fail("derived events are never in the ledger and take no idempotency key")
         elif key is not None:
-            templates.append(("", t.str("idempotency_key")))
+            templates.append(("", t.text("idempotency_key")))
         elif by is not None:
             if not keyed.data:
                 t.fail("idempotency_key_by needs an [idempotency_keys] table")
-            templates.extend((k, keyed.str(k)) for k in keyed.data)
+            templates.extend((k, keyed.text(k)) for k in keyed.data)
         else:
             t.fail("missing idempotency_key (or idempotency_key_by + idempotency_keys)")
         for variant, template in templates:
@@ -278,15 +280,15 @@ def _load_events(root: Path, records: dict[str, RecordSpec]) -> dict[str, EventS
         events[name] = EventSpec(
             name=name,
             category=category,
-            layer=t.int("layer"),
-            machine=t.str("machine"),
+            layer=t.integer("layer"),
+            machine=t.text("machine"),
             also=t.strs("also"),
             unmatched=unmatched,
             idempotency_key=key if isinstance(key, str) else None,
             idempotency_key_by=by if isinstance(by, str) else None,
             idempotency_keys=tuple(templates) if by is not None else (),
             fields=fields,
-            description=t.str("description", ""),
+            description=t.text("description", ""),
         )
     return events
 
@@ -337,7 +339,7 @@ def _load_machine(path: Path, events: dict[str, EventSpec], names: RuleNames | N
     doc.only(["machine", "states", "transitions"])
     head = doc.table("machine")
     head.only(["name", "table", "initial", "created_by", "locator", "description"])
-    name = head.str("name")
+    name = head.text("name")
     if name != path.stem:
         head.fail(f"machine name {name!r} must match its file name {path.stem!r}", "name")
 
@@ -345,7 +347,7 @@ def _load_machine(path: Path, events: dict[str, EventSpec], names: RuleNames | N
     seen_ranks: dict[int, str] = {}
     for t in doc.tables("states"):
         t.only(["name", "rank", "terminal", "description"])
-        state = State(t.str("name"), t.int("rank"), t.bool("terminal", False), t.str("description", ""))
+        state = State(t.text("name"), t.integer("rank"), t.flag("terminal", False), t.text("description", ""))
         if any(s.name == state.name for s in states):
             t.fail(f"duplicate state {state.name!r}", "name")
         if state.rank in seen_ranks:
@@ -356,14 +358,14 @@ def _load_machine(path: Path, events: dict[str, EventSpec], names: RuleNames | N
         states.append(state)
     state_names = {s.name for s in states}
 
-    initial = head.str("initial")
+    initial = head.text("initial")
     if initial not in state_names:
         head.fail(f"unknown state {initial!r}", "initial")
     created_by = head.strs("created_by")
     for event in created_by:
         if event not in events:
             head.fail(f"event {event!r} is missing from the catalog (spec/events.toml)", "created_by")
-    locator = head.str("locator")
+    locator = head.text("locator")
     if names is not None and locator not in names.locators:
         head.fail(f"unknown locator {locator!r} (not registered in servo)", "locator")
 
@@ -372,10 +374,10 @@ def _load_machine(path: Path, events: dict[str, EventSpec], names: RuleNames | N
         t.only(["from", "event", "guards", "to", "effects"])
         row = Transition(
             index=index,
-            source=t.str("from"),
-            event=t.str("event"),
+            source=t.text("from"),
+            event=t.text("event"),
             guards=t.strs("guards"),
-            target=t.str("to"),
+            target=t.text("to"),
             effects=t.strs("effects"),
         )
         t.where = f"{t.where} ({row.label})"
@@ -385,7 +387,8 @@ def _load_machine(path: Path, events: dict[str, EventSpec], names: RuleNames | N
         if row.event not in events:
             t.fail(f"event {row.event!r} is missing from the catalog (spec/events.toml)", "event")
         for earlier in rows:
-            if (earlier.source, earlier.event, earlier.guards) == (row.source, row.event, row.guards):
+            same_guards = sorted(earlier.guards) == sorted(row.guards)
+            if (earlier.source, earlier.event) == (row.source, row.event) and same_guards:
                 t.fail(f"duplicate row: same from, event and guards as transitions[{earlier.index}]")
         if names is not None:
             for guard in row.guards:
@@ -416,11 +419,11 @@ def _load_machine(path: Path, events: dict[str, EventSpec], names: RuleNames | N
             )
     return Machine(
         name=name,
-        table=head.str("table"),
+        table=head.text("table"),
         initial=initial,
         created_by=created_by,
         locator=locator,
-        description=head.str("description", "").strip(),
+        description=head.text("description", "").strip(),
         states=tuple(states),
         transitions=tuple(rows),
         source=_rel(path),
@@ -467,9 +470,9 @@ def _load_invariants(
     for t in doc.tables("invariants"):
         t.only(["id", "title", "statement", "tests", "model_checks", "machines"])
         inv = Invariant(
-            id=t.str("id"),
-            title=t.str("title"),
-            statement=t.str("statement").strip(),
+            id=t.text("id"),
+            title=t.text("title"),
+            statement=t.text("statement").strip(),
             tests=t.strs("tests"),
             model_checks=t.strs("model_checks"),
             machines=t.strs("machines"),
@@ -503,6 +506,8 @@ def _missing_reference(project_root: Path, ref: str) -> str | None:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except SyntaxError as exc:
         return f"{ref!r}: cannot parse {file_part!r}: {exc.msg}"
+    except UnicodeDecodeError:
+        return f"{ref!r}: cannot parse {file_part!r}: not UTF-8"
     head, _, method = name.partition(".")
     for node in ast.walk(tree):
         found = _defined_name(node)
@@ -538,11 +543,11 @@ def _load_tables(root: Path) -> dict[str, TableSpec]:
         for c in t.tables("columns"):
             c.only(["name", "type", "nullable", "enum", "description"])
             column = Column(
-                name=c.str("name"),
-                type=c.str("type"),
-                nullable=c.bool("nullable", False),
+                name=c.text("name"),
+                type=c.text("type"),
+                nullable=c.flag("nullable", False),
                 enum=c.strs("enum"),
-                description=c.str("description", ""),
+                description=c.text("description", ""),
             )
             if column.type not in COLUMN_TYPES:
                 c.fail(f"unknown column type {column.type!r} (one of {', '.join(COLUMN_TYPES)})", "type")
@@ -557,5 +562,5 @@ def _load_tables(root: Path) -> dict[str, TableSpec]:
         for key in pk:
             if key not in {c.name for c in columns}:
                 t.fail(f"primary key names unknown column {key!r}", "primary_key")
-        tables[name] = TableSpec(name, t.int("layer"), pk, tuple(columns), t.str("description", ""))
+        tables[name] = TableSpec(name, t.integer("layer"), pk, tuple(columns), t.text("description", ""))
     return tables

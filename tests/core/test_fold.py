@@ -1,4 +1,4 @@
-"""The Layer 1 fold: named seed tests and the behaviours of SPEC §3–5."""
+"""The Layer 1 fold: named seed tests and the behaviours of SPEC §3-5."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_out_of_order_events_same_result(b: EventBuilder, spec: Spec, rules: Reg
 def test_duplicate_task_finished_does_not_double_decrement(b: EventBuilder, spec: Spec, rules: Registry) -> None:
     """A finish replayed under a new event_id is DUPLICATE; the edge counts once."""
     defs = [TaskDef("a"), TaskDef("x"), TaskDef("join", depends_on=["a", "x"])]
-    events = [b.run_triggered(RUN), b.plan_created(RUN, defs)] + succeed(b, "a")
+    events = [b.run_triggered(RUN), b.plan_created(RUN, defs), *succeed(b, "a")]
     replay = b.finished(RUN, "a", 1, "A-a-1")  # same idempotency key, new event_id
     t = tables([*events, replay], spec, rules)
     join = task(t, "join")
@@ -167,7 +167,7 @@ def test_cancel_reaches_every_non_terminal_task_including_retry_wait(b: EventBui
 
 
 def test_heartbeats_only_move_forward_and_mark_running(b: EventBuilder, spec: Spec, rules: Registry) -> None:
-    events = chain_run(b, "a") + [b.dispatch_requested(RUN, "a", 1, "A1")]
+    events = [*chain_run(b, "a"), b.dispatch_requested(RUN, "a", 1, "A1")]
     t0 = b.now
     events += [
         b.heartbeat(RUN, "a", 1, "A1", at=t0 + timedelta(seconds=10)),

@@ -7,16 +7,28 @@ guards/effects/locators they name in the registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from servo.core._registry import GuardEntry, Registry
 from servo.core.fold._rows import Derived, Partition, Rejection
-from servo.spec import EventSpec, Machine, Spec
+from servo.spec import EventSpec, Machine, Spec, Transition
 
-__all__ = ["Ctx", "Engine", "Locator"]
+__all__ = ["Ctx", "Engine", "Locator", "Step"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One instance meeting one event, for differential tests against the reference:
+    the guard values seen and the state the first passing row leads to (None: refused)."""
+
+    machine: str
+    source: str
+    event: str
+    facts: dict[str, bool]
+    target: str | None
 
 
 @dataclass(slots=True)
@@ -70,6 +82,7 @@ class Engine:
         self.guards: dict[str, GuardEntry] = registry.guards
         self.effects = registry.effects
         self._plans: dict[str, tuple[EventSpec, _Bound, tuple[_Bound, ...]]] = {}
+        self.trace: Callable[[Step], None] | None = None
         for name, event in spec.events.items():
             if event.layer != layer:
                 continue
@@ -81,6 +94,13 @@ class Engine:
         machine = self.spec.machines[machine_name]
         locator: Locator = registry.locators[machine.locator]()
         return _Bound(machine, locator, event in machine.created_by)
+
+    def _trace(self, machine: Machine, instance: Any, ctx: Ctx, rows: tuple[Transition, ...]) -> None:
+        ctx.row = instance
+        facts = {name: bool(self.guards[name].fn(ctx)) for row in rows for name in row.guards}
+        target = next((r.target for r in rows if all(facts[g] for g in r.guards)), None)
+        assert self.trace is not None
+        self.trace(Step(machine.name, instance.state, ctx.event_type, facts, target))
 
     def handles(self, event_type: str) -> bool:
         """True if this engine folds `event_type`."""
@@ -132,6 +152,8 @@ class Engine:
     def _step(self, machine: Machine, instance: Any, ctx: Ctx) -> str | None:
         """Move one instance; None if a row accepted, else the refusal reason ('' = unmatched)."""
         rows = machine.rows(instance.state, ctx.event_type)
+        if self.trace is not None:
+            self._trace(machine, instance, ctx, rows)
         if not rows:
             return ""
         reason: str | None = None

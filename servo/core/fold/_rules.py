@@ -366,13 +366,14 @@ def mark_ready(ctx: Ctx) -> None:
 
 @effect()
 def begin_attempt(ctx: Ctx) -> None:
-    """The requested attempt becomes the task's current one."""
+    """The requested attempt becomes the task's current one (its error starts empty)."""
     task: TaskRow = ctx.row
     task.attempt = ctx.data["attempt"]
     task.attempt_id = ctx.data["attempt_id"]
     task.worker_queue = ctx.data["worker_queue"]
     task.started_at = None
     task.last_heartbeat_at = None
+    task.error_message = None
 
 
 @effect()

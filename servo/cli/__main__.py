@@ -1,0 +1,5 @@
+"""`python -m servo.cli`."""
+
+from servo.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""`servo fold`: replay a ledger export through the fold (the auditor's tool)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from servo._errors import ServoError
+
+__all__ = ["fold_command"]
+
+
+def fold_command(
+    events: Annotated[Path, typer.Argument(help="JSONL ledger export (one envelope per line; '-' = stdin).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print every table as one JSON object.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Write one Parquet file per table here.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any event was rejected.")] = False,
+) -> None:
+    """Fold EVENTS (any order, duplicates allowed) and print or write the tables."""
+    from servo.core.fold import Projection
+    from servo.core.rules import default_spec, registry
+
+    err = Console(stderr=True)
+    if as_json and out is not None:
+        err.print("error: choose one of --json and --out")
+        raise typer.Exit(2)
+    try:
+        spec = default_spec()
+        projection = Projection(spec, registry(), keep_history=False)
+        if str(events) == "-":
+            projection.apply_lines(sys.stdin)
+        else:
+            if not events.is_file():
+                err.print(f"error: {events}: no such file")
+                raise typer.Exit(2)
+            with events.open("rb") as handle:
+                projection.apply_lines(handle)
+        tables = projection.tables()
+    except ServoError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"error: {events}: {exc.strerror}")
+        raise typer.Exit(2) from None
+
+    if as_json:
+        sys.stdout.write(json.dumps(tables, indent=2, ensure_ascii=False) + "\n")
+    elif out is not None:
+        from servo.tables import write_parquet
+
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in tables.items():
+            write_parquet(out / f"{name}.parquet", spec.tables[name], rows)
+        Console().print(f"wrote {len(tables)} tables to {out}")
+    else:
+        _print_summary(tables)
+    if strict and tables["rejected_events"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(tables: dict[str, list[dict[str, object]]]) -> None:
+    console = Console()
+    summary = Table(title="servo fold")
+    summary.add_column("table")
+    summary.add_column("rows", justify="right")
+    for name, rows in tables.items():
+        summary.add_row(name, str(len(rows)))
+    console.print(summary)
+    for run in tables["runs"]:
+        console.print(f"run {run['run_id']}: {run['state']} ({run['tasks_succeeded']}/{run['tasks_total']} tasks succeeded)")
+    rejected = tables["rejected_events"]
+    if rejected:
+        shown = Table(title=f"rejected events ({len(rejected)})")
+        for col in ("event_id", "reason", "event_type", "detail"):
+            shown.add_column(col)
+        for row in rejected[:50]:
+            shown.add_row(*(str(row[c]) for c in ("event_id", "reason", "event_type", "detail")))
+        console.print(shown)
+    console.print("use --json for every row, or --out DIR for Parquet")

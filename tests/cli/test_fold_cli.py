@@ -1,0 +1,109 @@
+"""`servo fold` as a black box: the auditor's replay of a ledger export."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from servo.cli import app
+from servo.spec import Spec
+from servo.tables import read_parquet
+
+DATA = Path(__file__).parents[1] / "data"
+LEDGER = DATA / "nightly_ledger.jsonl"
+runner = CliRunner()
+
+
+def fold_json(path: Path) -> str:
+    result = runner.invoke(app, ["fold", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_fold_reproduces_the_expected_tables_of_a_hand_checked_ledger() -> None:
+    out = fold_json(LEDGER)
+    assert out == (DATA / "nightly_ledger.expected.json").read_text()
+    tables = json.loads(out)
+    states = {t["task_key"]: (t["state"], t["attempt"]) for t in tables["tasks"]}
+    assert states == {
+        "extract": ("SUCCEEDED", 1),
+        "transform": ("SUCCEEDED", 2),
+        "load": ("SUCCEEDED", 1),
+        "report": ("FAILED", 1),
+        "notify": ("SKIPPED", 0),
+    }
+    assert tables["runs"][0]["state"] == "FAILED"
+    assert [r["reason"] for r in tables["rejected_events"]] == ["STALE_ATTEMPT"]
+    assert list(tables) == ["tasks", "runs", "dep_satisfaction", "dispatch_outbox", "timers", "rejected_events"]
+
+
+def test_shuffled_and_duplicated_ledger_gives_byte_identical_json(tmp_path: Path) -> None:
+    lines = LEDGER.read_text().splitlines()
+    rng = random.Random(2026)
+    for trial in range(5):
+        mixed = lines + rng.sample(lines, k=len(lines) // 2)
+        rng.shuffle(mixed)
+        copy = tmp_path / f"shuffled_{trial}.jsonl"
+        copy.write_text("\n".join(mixed) + "\n")
+        assert fold_json(copy) == fold_json(LEDGER)
+
+
+def test_invalid_lines_are_reported_and_the_fold_does_not_crash(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(LEDGER.read_text() + "{oops\n[1,2]\n" + '{"event_id": "X1", "event_type": "TaskStarted"}\n')
+    tables = json.loads(fold_json(bad))
+    reasons = sorted(r["reason"] for r in tables["rejected_events"])
+    assert reasons == ["INVALID", "INVALID", "INVALID", "STALE_ATTEMPT"]
+    assert tables["runs"][0]["state"] == "FAILED"
+
+
+def test_strict_exits_one_when_something_was_rejected() -> None:
+    result = runner.invoke(app, ["fold", str(LEDGER), "--json", "--strict"])
+    assert result.exit_code == 1
+
+
+def test_missing_file_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "servo.cli", "fold", str(tmp_path / "nope.jsonl"), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_out_writes_parquet_with_the_spec_schemas(tmp_path: Path, spec: Spec) -> None:
+    result = runner.invoke(app, ["fold", str(LEDGER), "--out", str(tmp_path / "tables")])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(fold_json(LEDGER))
+    for name, rows in expected.items():
+        path = tmp_path / "tables" / f"{name}.parquet"
+        import pyarrow.parquet as pq
+
+        assert pq.read_schema(path).names == list(spec.tables[name].column_names)
+        assert read_parquet(path, spec.tables[name]) == rows
+
+
+def test_parquet_output_is_byte_identical_for_the_same_events(tmp_path: Path) -> None:
+    """P3: the same events give byte-identical Parquet, whatever their order."""
+    shuffled = tmp_path / "s.jsonl"
+    lines = LEDGER.read_text().splitlines()
+    random.Random(1).shuffle(lines)
+    shuffled.write_text("\n".join(lines) + "\n")
+    for source, target in ((LEDGER, "a"), (shuffled, "b")):
+        assert runner.invoke(app, ["fold", str(source), "--out", str(tmp_path / target)]).exit_code == 0
+    for path in sorted((tmp_path / "a").glob("*.parquet")):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
+
+
+def test_summary_names_the_run_outcome_without_flags() -> None:
+    result = runner.invoke(app, ["fold", str(LEDGER)])
+    assert result.exit_code == 0
+    assert "run run_nightly: FAILED" in result.stdout
