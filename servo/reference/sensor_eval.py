@@ -5,7 +5,7 @@
 The evaluation acceptor of one sensor. The instance is the sensor (sensor_id), because the
 poll compare-and-swap is on the sensor's cursor: the row holds `cursor` and
 `state_version`, and a poll evaluation is accepted only if its expected_state_version
-equals the row's state_version; accepting it moves the cursor to cursor_after and bumps
+equals the row's state_version and its cursor_before is the row's cursor; accepting it moves the cursor to cursor_after and bumps
 state_version, so a concurrent or replayed evaluation computed from the same state is
 dropped (L2-INV-12, L2-INV-3). Push evaluations (one per message_id, L2-INV-2 by their
 idempotency key) do not move the cursor and need no CAS. Each accepted SensorEvaluated

@@ -1,0 +1,133 @@
+"""The orchestration ledger: one create-only object per event (P1).
+
+An event ``01JD...`` lands at
+``tenants/{tenant}/workspaces/{workspace}/ledger/orchestration/{yyyy-mm-dd}/{event_id}.json``
+where the date is the UTC date of the ULID's timestamp, so the path is a pure
+function of the id: a reader holding the id (from a manifest, say) finds the
+object by name, with no listing (P6).
+
+Appending is idempotent: the same event appended twice — a producer retrying
+after a timeout — is one event. Different bytes under one id are refused:
+the ledger is never overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC
+
+from ulid import ULID
+
+from servo._errors import InvalidId, ObjectExists
+from servo.storage._protocol import BatchConflict
+from servo.storage._scope import ScopedStore, validate_id, validate_prefix
+
+__all__ = ["LEDGER_PREFIX", "EventConflict", "Ledger", "ledger_object_name"]
+
+LEDGER_PREFIX = "ledger/orchestration/"
+
+AppendHook = Callable[[list[str]], None]
+
+
+class EventConflict(ObjectExists):
+    """An event id is already in the ledger with different bytes."""
+
+    def __init__(self, message: str, *, event_ids: list[str]) -> None:
+        super().__init__(message)
+        self.event_ids = event_ids
+
+
+def ledger_object_name(event_id: str) -> str:
+    """The scope-relative object name of ``event_id`` (validated as a ULID)."""
+    validate_id("event", event_id)
+    try:
+        day = ULID.from_str(event_id).datetime.astimezone(UTC).date()
+    except (ValueError, OverflowError):
+        raise InvalidId(f"invalid event id {event_id!r}: its timestamp is past year 9999") from None
+    return f"{LEDGER_PREFIX}{day.isoformat()}/{event_id}.json"
+
+
+def _conflict(event_ids: list[str]) -> EventConflict:
+    shown = ", ".join(event_ids[:3]) + (
+        f" and {len(event_ids) - 3} more" if len(event_ids) > 3 else ""
+    )
+    return EventConflict(
+        f"ledger already holds different bytes for event {shown}; the ledger is append-only",
+        event_ids=event_ids,
+    )
+
+
+class Ledger:
+    """Append-only event storage in one tenant/workspace scope.
+
+    ``on_append`` is the in-process notification hook (embedded mode's
+    compactor trigger): it is called, after the write is durable, with the
+    ids this call newly appended — never with duplicates. An exception it
+    raises propagates to the appender; the events are already durable and a
+    retried append is a harmless no-op.
+    """
+
+    def __init__(self, store: ScopedStore, *, on_append: AppendHook | None = None) -> None:
+        self.store = store
+        self._on_append = on_append
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.store!r})"
+
+    def _notify(self, event_ids: list[str]) -> None:
+        if event_ids and self._on_append is not None:
+            self._on_append(event_ids)
+
+    def append(self, event_id: str, payload: bytes) -> bool:
+        """Append one event; return True if newly appended, False if already there (same bytes).
+
+        Raise ``EventConflict`` (an ``ObjectExists``) if the id holds different bytes.
+        """
+        name = ledger_object_name(event_id)
+        try:
+            self.store.put_if_absent(name, payload)
+        except ObjectExists:
+            if self.store.get(name).data != payload:
+                raise _conflict([event_id]) from None
+            return False
+        self._notify([event_id])
+        return True
+
+    def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Append many events with one group commit; per item, whether it was newly appended.
+
+        Items are validated before anything is written. If some ids hold
+        different bytes, every other event is still appended (and notified)
+        before ``EventConflict`` is raised.
+        """
+        names = [(ledger_object_name(event_id), payload) for event_id, payload in items]
+        try:
+            created = self.store.put_many_if_absent(names)
+        except BatchConflict as error:
+            self._notify(
+                [event_id for (event_id, _), new in zip(items, error.created, strict=True) if new]
+            )
+            conflicting = set(error.conflicting)
+            event_ids = [
+                event_id for event_id, _ in items if ledger_object_name(event_id) in conflicting
+            ]
+            raise _conflict(list(dict.fromkeys(event_ids))) from error
+        self._notify([event_id for (event_id, _), new in zip(items, created, strict=True) if new])
+        return created
+
+    def read(self, event_id: str) -> bytes:
+        """The bytes of one event; ``ObjectNotFound`` if it was never appended."""
+        return self.store.get(ledger_object_name(event_id)).data
+
+    def contains(self, event_id: str) -> bool:
+        """Whether ``event_id`` is in the ledger (a metadata read, no bytes)."""
+        return self.store.head(ledger_object_name(event_id)) is not None
+
+    def list_event_names(self, prefix: str = "") -> list[str]:
+        """Scope-relative names of ledger objects under ``ledger/orchestration/{prefix}``, sorted.
+
+        For repair and anti-entropy ONLY (P6: no bucket listing on the
+        correctness path). ``prefix`` is typically a day, e.g. ``"2026-01-01/"``.
+        """
+        validate_prefix(prefix)
+        return self.store.list_prefix(LEDGER_PREFIX + prefix)

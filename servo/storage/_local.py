@@ -1,0 +1,273 @@
+"""The embedded default ``ObjectStore``: a directory tree on a local POSIX filesystem.
+
+Layout under ``root``::
+
+    objects/<name>      one file per object: a 36-byte header holding the
+                        generation, then the object's bytes
+    tmp/                files being written (same filesystem, so link/rename work)
+    locks/<sha256>.lock one flock file per object that was ever compare-and-swapped
+
+Why it is safe:
+
+* Create-only: the bytes are written and fsynced to a temp file, then
+  ``os.link``-ed to the final name. ``link`` fails if the name exists, is
+  atomic, and never exposes a partial file. The directory is then fsynced.
+* Compare-and-swap: under an exclusive ``fcntl.flock`` on the object's lock
+  file — which excludes other threads *and* other processes, e.g. two racing
+  compactors — read the current generation, write a temp file and
+  ``os.replace`` it over the object. Generation and bytes live in one file, so
+  one rename publishes both.
+* Readers take no lock: they open one inode, which a writer never modifies.
+
+Limits: POSIX only (``fcntl``). A name cannot be both an object and a
+"directory" of other objects (``a`` and ``a/b``); that raises ``StorageError``.
+On a case-insensitive filesystem (macOS default) names differing only in case
+collide; keep ids lower-case there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+from servo._errors import CasConflict, ObjectExists, ObjectNotFound, StorageError
+from servo.storage._protocol import StoredObject, batch_conflict, cas_conflict
+from servo.storage._scope import validate_object_name, validate_prefix
+
+__all__ = ["LocalStore"]
+
+_MAGIC: Final = b"servo-object/1 "
+_HEADER_LENGTH: Final = len(_MAGIC) + 20 + 1
+_STALE_TMP_SECONDS: Final = 3600.0
+
+
+def _header(generation: int) -> bytes:
+    return _MAGIC + b"%020d\n" % generation
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _storage_errors(name: str) -> Iterator[None]:
+    """Turn an unexpected ``OSError`` into a ``StorageError`` naming the object."""
+    try:
+        yield
+    except OSError as error:
+        raise StorageError(f"local store failed on {name!r}: {error}") from error
+
+
+class LocalStore:
+    """Objects as files under ``root``; safe across threads and processes."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root: Final = Path(root)
+        self._objects = self.root / "objects"
+        self._tmp = self.root / "tmp"
+        self._locks = self.root / "locks"
+        with _storage_errors(str(self.root)):
+            if not self._objects.is_dir():
+                for directory in (self._objects, self._tmp, self._locks):
+                    directory.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.root)  # so objects/ itself survives a crash
+            self._tmp.mkdir(exist_ok=True)
+            self._locks.mkdir(exist_ok=True)
+            self._sweep_tmp()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    # -- reading ------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        return self._objects / validate_object_name(name)
+
+    def _read(self, name: str, *, header_only: bool) -> StoredObject | None:
+        path = self._path(name)
+        with _storage_errors(name):
+            try:
+                with open(path, "rb") as file:
+                    raw = file.read(_HEADER_LENGTH if header_only else -1)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+        digits = raw[len(_MAGIC) : _HEADER_LENGTH - 1]
+        if not (
+            raw.startswith(_MAGIC)
+            and digits.isdigit()
+            and raw[_HEADER_LENGTH - 1 :].startswith(b"\n")
+        ):
+            raise StorageError(f"local object {name!r} has a corrupt header ({path})")
+        return StoredObject(raw[_HEADER_LENGTH:], int(digits))
+
+    def get(self, name: str) -> StoredObject:
+        """See ``ObjectStore.get``."""
+        found = self._read(name, header_only=False)
+        if found is None:
+            raise ObjectNotFound(f"object {name!r} does not exist")
+        return found
+
+    def head(self, name: str) -> int | None:
+        """See ``ObjectStore.head``."""
+        found = self._read(name, header_only=True)
+        return None if found is None else found.generation
+
+    def list_prefix(self, prefix: str) -> list[str]:
+        """See ``ObjectStore.list_prefix``. Repair / anti-entropy only (P6)."""
+        validate_prefix(prefix)
+        directory = prefix.rpartition("/")[0]
+        names: list[str] = []
+        with _storage_errors(prefix):
+            for dirpath, _dirnames, filenames in os.walk(self._objects / directory):
+                relative = Path(dirpath).relative_to(self._objects).as_posix()
+                base = "" if relative == "." else relative + "/"
+                names.extend(base + f for f in filenames if (base + f).startswith(prefix))
+        return sorted(names)
+
+    # -- writing ------------------------------------------------------------
+
+    def _write_tmp(self, generation: int, data: bytes) -> Path:
+        """Write header + data to a fresh temp file and fsync it."""
+        path = self._tmp / f"{uuid.uuid4().hex}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as file:
+                file.write(_header(generation))
+                file.write(data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+
+    def _make_parents(self, path: Path) -> set[Path]:
+        """Create missing parent directories; return the directories whose entries changed."""
+        missing: list[Path] = []
+        directory = path.parent
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # a concurrent writer made it
+                directory.mkdir()
+        return {d.parent for d in missing}
+
+    def _create(self, name: str, data: bytes) -> tuple[int, set[Path]]:
+        """Create-only write without the final directory fsync; return generation and dirs to sync."""
+        path = self._path(name)
+        generation = time.time_ns() // 1000
+        with _storage_errors(name):
+            tmp = self._write_tmp(generation, data)
+            try:
+                dirty = self._make_parents(path)
+                os.link(tmp, path)
+            except FileExistsError:
+                if path.is_dir():
+                    raise StorageError(
+                        f"object {name!r} clashes with objects named {name + '/'!r}..."
+                    ) from None
+                raise ObjectExists(f"object {name!r} already exists") from None
+            except NotADirectoryError:
+                raise StorageError(
+                    f"object {name!r} clashes with an object named like one of its parents"
+                ) from None
+            finally:
+                tmp.unlink()
+        return generation, dirty | {path.parent}
+
+    def put_if_absent(self, name: str, data: bytes) -> int:
+        """See ``ObjectStore.put_if_absent``."""
+        generation, dirty = self._create(name, data)
+        with _storage_errors(name):
+            for directory in dirty:
+                _fsync_dir(directory)
+        return generation
+
+    def put_if_generation_match(self, name: str, data: bytes, generation: int) -> int:
+        """See ``ObjectStore.put_if_generation_match``."""
+        if generation == 0:
+            try:
+                return self.put_if_absent(name, data)
+            except ObjectExists:
+                raise CasConflict(
+                    f"object {name!r} exists; generation 0 requires it not to"
+                ) from None
+        path = self._path(name)
+        with self._locked(name):
+            current = self.head(name) or 0
+            if current != generation:
+                raise cas_conflict(name, current, generation)
+            new_generation = max(current + 1, time.time_ns() // 1000)
+            with _storage_errors(name):
+                tmp = self._write_tmp(new_generation, data)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    tmp.unlink()
+                    raise
+                _fsync_dir(path.parent)
+        return new_generation
+
+    def put_many_if_absent(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """See ``ObjectStore.put_many_if_absent``.
+
+        Group commit: every file is written, fsynced and linked, and then each
+        touched directory is fsynced once, instead of once per object.
+        """
+        for name, _ in items:
+            validate_object_name(name)
+        created: list[bool] = []
+        conflicting: list[str] = []
+        dirty: set[Path] = set()
+        for name, data in items:
+            try:
+                _, touched = self._create(name, data)
+            except ObjectExists:
+                if self.get(name).data != data:
+                    conflicting.append(name)
+                # It may be another writer's object whose directory is not synced yet.
+                dirty.add(self._path(name).parent)
+                created.append(False)
+            else:
+                dirty |= touched
+                created.append(True)
+        with _storage_errors(self.root.as_posix()):
+            for directory in sorted(dirty):
+                _fsync_dir(directory)
+        if conflicting:
+            raise batch_conflict(created, conflicting)
+        return created
+
+    # -- housekeeping ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold an exclusive flock for ``name`` (excludes other threads and processes)."""
+        digest = hashlib.sha256(name.encode("ascii")).hexdigest()
+        with _storage_errors(name):
+            fd = os.open(
+                self._locks / f"{digest}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def _sweep_tmp(self) -> None:
+        """Remove temp files a crashed writer left behind (older than an hour)."""
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        for entry in os.scandir(self._tmp):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
