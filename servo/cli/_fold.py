@@ -23,7 +23,7 @@ def fold_command(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any event was rejected.")] = False,
 ) -> None:
     """Fold EVENTS (any order, duplicates allowed) and print or write the tables."""
-    from servo.core.fold import Projection
+    from servo.core.fold import fold_file, fold_lines
     from servo.core.rules import default_spec, registry
 
     err = Console(stderr=True)
@@ -32,15 +32,13 @@ def fold_command(
         raise typer.Exit(2)
     try:
         spec = default_spec()
-        projection = Projection(spec, registry(), keep_history=False)
         if str(events) == "-":
-            projection.apply_lines(sys.stdin)
+            projection = fold_lines(sys.stdin.buffer, spec, registry())
         else:
             if not events.is_file():
                 err.print(f"error: {events}: no such file")
                 raise typer.Exit(2)
-            with events.open("rb") as handle:
-                projection.apply_lines(handle)
+            projection = fold_file(events, spec, registry())
         tables = projection.tables()
     except ServoError as exc:
         err.print(f"error: {exc}")

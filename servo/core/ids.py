@@ -67,7 +67,9 @@ _MILLISECOND = timedelta(milliseconds=1)
 
 
 def _base32_lower(digest: bytes) -> str:
-    return base64.b32encode(digest).decode("ascii").rstrip("=")[:_HASH_CHARS].lower()
+    # base32 encodes 5-byte groups independently, so 20 bytes give the same first 26
+    # characters as the whole digest at less than two thirds of the cost.
+    return base64.b32encode(digest[:20]).decode("ascii")[:_HASH_CHARS].lower()
 
 
 def _check_segment(what: str, value: str) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import random
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from servo.core._registry import Registry
 from servo.core.builders import EventBuilder, TaskDef
 from servo.core.events import Catalog, Event, format_timestamp
-from servo.core.fold import Projection, fold
+from servo.core.fold import Projection, fold, fold_file, fold_lines
 from servo.core.ids import retry_timer_id
 from servo.spec import Spec
 
@@ -234,3 +235,19 @@ def test_two_dispatch_requests_for_one_attempt_keep_the_lowest(b: EventBuilder, 
         assert [(r["attempt_id"], r["status"]) for r in t["dispatch_outbox"]] == [("REPLICA-1", "PENDING")]
         assert task(t, "a")["attempt_id"] == "REPLICA-1"
         assert reasons(t) == {second.event_id: "DUPLICATE"}
+
+
+def test_fold_lines_gives_the_same_tables_sorted_shuffled_or_streamed(b: EventBuilder, spec: Spec, rules: Registry, tmp_path: Path) -> None:
+    """The streaming path (sorted input) and the two-pass path (any order) agree."""
+    events = chain_run(b, "a", "b") + succeed(b, "a") + [b.started(RUN, "zz", 1, "x")]
+    lines = [e.to_json() for e in events] + ["", "garbage"]
+    expected = Projection(spec, rules)
+    expected.apply_lines(lines)
+    shuffled = lines[:]
+    random.Random(3).shuffle(shuffled)
+    for variant in (lines, shuffled, lines + lines[:3]):
+        assert fold_lines(variant, spec, rules).tables() == expected.tables()
+        assert fold_lines(iter(variant), spec, rules).tables() == expected.tables()
+        path = tmp_path / "ledger.jsonl"
+        path.write_text("\n".join(variant))
+        assert fold_file(path, spec, rules).tables() == expected.tables()

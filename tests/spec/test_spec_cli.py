@@ -96,6 +96,8 @@ def test_a_bad_table_is_one_line_and_no_traceback(tmp_path: Path) -> None:
 def test_generate_writes_both_trees_then_finds_nothing_to_do(tmp_path: Path) -> None:
     spec_dir = copy_spec(tmp_path)
     (tmp_path / "pyproject.toml").write_text("")  # makes tmp_path the project root
+    assert ROOT is not None
+    (tmp_path / "tests").symlink_to(ROOT / "tests")  # the tests the invariants name
     first = runner.invoke(_spec.spec_app, ["generate", "--spec-dir", str(spec_dir)])
     assert first.exit_code == 0, first.output
     assert f"  {REFERENCE_DIR}/task.py\n" in first.stdout

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from servo.core.fold import _rules as _rules  # registers guards, effects, locators
-from servo.core.fold._projection import LAYER1_TABLES, Projection, fold
+from servo.core.fold._projection import LAYER1_TABLES, Projection, fold, fold_file, fold_lines
 
-__all__ = ["LAYER1_TABLES", "Projection", "fold"]
+__all__ = ["LAYER1_TABLES", "Projection", "fold", "fold_file", "fold_lines"]

@@ -60,6 +60,14 @@ class Locator(Protocol):
         ...
 
 
+_Row = tuple[str, tuple[tuple[Callable[[Any], bool], str | None], ...], tuple[Callable[[Any], None], ...]]
+
+
+def _layer(spec: Spec, machine: Machine) -> int:
+    table = spec.tables.get(machine.table)
+    return table.layer if table is not None else 1
+
+
 class _Refused(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -83,12 +91,24 @@ class Engine:
         self.effects = registry.effects
         self._plans: dict[str, tuple[EventSpec, _Bound, tuple[_Bound, ...]]] = {}
         self.trace: Callable[[Step], None] | None = None
+        self._compiled: dict[str, dict[tuple[str, str], tuple[_Row, ...]]] = {
+            name: self._compile(machine) for name, machine in spec.machines.items() if _layer(spec, machine) == layer
+        }
         for name, event in spec.events.items():
             if event.layer != layer:
                 continue
             primary = self._bind(registry, event.machine, name)
             also = tuple(self._bind(registry, m, name) for m in event.also)
             self._plans[name] = (event, primary, also)
+
+    def _compile(self, machine: Machine) -> dict[tuple[str, str], tuple[_Row, ...]]:
+        """Rows by (state, event) with their guard and effect functions resolved once."""
+        out: dict[tuple[str, str], list[_Row]] = {}
+        for row in machine.transitions:
+            guards = tuple((self.guards[g].fn, self.guards[g].rejects) for g in row.guards)
+            effects = tuple(self.effects[e] for e in row.effects)
+            out.setdefault((row.source, row.event), []).append((row.target, guards, effects))
+        return {key: tuple(value) for key, value in out.items()}
 
     def _bind(self, registry: Registry, machine_name: str, event: str) -> _Bound:
         machine = self.spec.machines[machine_name]
@@ -141,7 +161,9 @@ class Engine:
             for instance in created:
                 instance.state = bound.machine.initial
                 instance.row_version = ctx.event_id
-                _count(ctx.part, bound.machine.name, None, instance.state)
+                if bound.machine.name == "task":
+                    counts = ctx.part.task_counts
+                    counts[instance.state] = counts.get(instance.state, 0) + 1
             # A created instance takes the creating event through its rows if it has any.
             return [i for i in created if bound.machine.rows(i.state, ctx.event_type)]
         if isinstance(found, str):
@@ -151,27 +173,29 @@ class Engine:
 
     def _step(self, machine: Machine, instance: Any, ctx: Ctx) -> str | None:
         """Move one instance; None if a row accepted, else the refusal reason ('' = unmatched)."""
-        rows = machine.rows(instance.state, ctx.event_type)
         if self.trace is not None:
-            self._trace(machine, instance, ctx, rows)
-        if not rows:
+            self._trace(machine, instance, ctx, machine.rows(instance.state, ctx.event_type))
+        rows = self._compiled[machine.name].get((instance.state, ctx.event_type))
+        if rows is None:
             return ""
         reason: str | None = None
         ctx.row = instance
-        for row in rows:
-            for name in row.guards:
-                entry = self.guards[name]
-                if not entry.fn(ctx):
-                    if reason is None and entry.rejects:
-                        reason = entry.rejects
+        for target, guards, effects in rows:
+            for fn, rejects in guards:
+                if not fn(ctx):
+                    if reason is None and rejects:
+                        reason = rejects
                     break
             else:
                 before = instance.state
-                instance.state = row.target
+                instance.state = target
                 instance.row_version = ctx.event_id
-                _count(ctx.part, machine.name, before, row.target)
-                for effect in row.effects:
-                    self.effects[effect](ctx)
+                if machine.name == "task" and before != target:
+                    counts = ctx.part.task_counts
+                    counts[before] -= 1
+                    counts[target] = counts.get(target, 0) + 1
+                for effect in effects:
+                    effect(ctx)
                 return None
         return reason or "INVALID_TRANSITION"
 
@@ -188,12 +212,3 @@ class Engine:
                 engine=self,
             )
             self._step(self.spec.machines[derived.machine], derived.instance, ctx)
-
-
-def _count(part: Partition, machine: str, before: str | None, after: str) -> None:
-    if machine != "task" or before == after:
-        return
-    counts = part.task_counts
-    if before is not None:
-        counts[before] -= 1
-    counts[after] = counts.get(after, 0) + 1

@@ -8,12 +8,16 @@ the partition's own history. Either way the tables equal a full refold of the se
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from servo._errors import InvalidEvent, ServoError
 from servo.core._registry import Registry
@@ -23,17 +27,10 @@ from servo.core.fold._rows import Partition, Rejection
 from servo.core.fold._validate import check_semantics, partition_key
 from servo.spec import Spec, TableSpec
 
-__all__ = ["LAYER1_TABLES", "Projection", "fold"]
+__all__ = ["LAYER1_TABLES", "Projection", "fold", "fold_file", "fold_lines"]
 
+_PRINTABLE = re.compile(r"^[\x21-\x7e]{1,256}$")
 LAYER1_TABLES = ("tasks", "runs", "dep_satisfaction", "dispatch_outbox", "timers", "rejected_events")
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """An accepted-for-folding event kept for refolds: its canonical JSON."""
-
-    event_id: str
-    text: str
 
 
 class Projection:
@@ -52,24 +49,75 @@ class Projection:
 
     # ------------------------------------------------------------ ingest --
 
-    def apply_lines(self, lines: Iterable[str | bytes]) -> None:
-        """Parse JSON lines (blank lines ignored) and fold them; bad lines are rejected."""
-        self._apply(self._parse_lines(lines))
+    def apply_lines(self, lines: Sequence[str | bytes]) -> None:
+        """Parse JSON lines (blank lines ignored) and fold them; bad lines are rejected.
 
-    def _parse_lines(self, lines: Iterable[str | bytes]) -> Iterator[Event]:
-        for raw in lines:
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            text = text.strip()
-            if not text:
+        Two passes keep memory to the raw lines plus a small index: first index each
+        line by event_id, then parse and fold the lines in event_id order.
+        """
+        # One str per line, "event_id NUL line-number": a third of a tuple's memory.
+        index: list[str] = []
+        for number, raw in enumerate(lines):
+            obj = self._decode(raw)
+            if obj is None:
                 continue
-            try:
-                obj = json.loads(text)
-            except ValueError:
-                self._reject_text(text, "INVALID", None, "not valid JSON")
+            event_id = obj.get("event_id") if isinstance(obj, dict) else None
+            if isinstance(event_id, str) and _PRINTABLE.match(event_id):
+                index.append(f"{event_id}\x00{number}")
+            else:
+                self.parse(obj, _text(raw))
+        index.sort()
+        self._apply_sorted(self._in_order(lines, index))
+
+    def _decode(self, raw: str | bytes) -> Any:
+        """Decoded JSON, or None for a blank line or a rejected (undecodable) one."""
+        if not raw.strip():
+            return None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self._reject_text(_text(raw).strip(), "INVALID", None, "not valid JSON")
+            return None
+
+    def _in_order(self, lines: Sequence[str | bytes], index: list[str]) -> Iterator[Event]:
+        i = 0
+        while i < len(index):
+            event_id = index[i].partition("\x00")[0]
+            j = i + 1
+            while j < len(index) and index[j].partition("\x00")[0] == event_id:
+                j += 1
+            numbers = (int(entry.partition("\x00")[2]) for entry in index[i:j])
+            copies = [self.parse(orjson.loads(lines[n]), None) for n in numbers]
+            valid = [e for e in copies if e is not None]
+            if valid:
+                yield valid[0] if len(valid) == 1 else min(valid, key=_canonical)
+            i = j
+
+    def _streamed(self, lines: Iterable[str | bytes], kept: list[str | bytes] | None) -> Iterator[Event]:
+        """Events of lines already in event_id order; raise _OutOfOrder otherwise."""
+        previous = ""
+        held: list[Event] = []
+        remaining = iter(lines)
+        for raw in remaining:
+            if kept is not None:
+                kept.append(raw)
+            obj = self._decode(raw)
+            if obj is None:
                 continue
-            event = self.parse(obj, text)
-            if event is not None:
-                yield event
+            event = self.parse(obj, _text(raw))
+            if event is None:
+                continue
+            if event.event_id < previous:
+                if kept is not None:
+                    kept.extend(remaining)
+                raise _OutOfOrder
+            if held and event.event_id != previous:
+                yield held[0] if len(held) == 1 else min(held, key=_canonical)
+                held = []
+            held.append(event)
+            previous = event.event_id
+        if held:
+            yield held[0] if len(held) == 1 else min(held, key=_canonical)
 
     def parse(self, obj: object, text: str | None = None) -> Event | None:
         """Validate one decoded envelope; record a rejection and return None if bad."""
@@ -94,7 +142,7 @@ class Projection:
             self.invalid[exc.event_id] = Rejection(exc.event_id, reason, shown_type, str(exc))
         else:
             raw = text if text is not None else json.dumps(obj, sort_keys=True, default=str)
-            self._reject_text(raw, reason, shown_type, str(exc))
+            self._reject_text(raw.strip(), reason, shown_type, str(exc))
 
     def _reject_text(self, text: str, reason: str, event_type: str | None, detail: str) -> None:
         digest = hashlib.sha256(text.encode()).hexdigest()[:26]
@@ -103,7 +151,8 @@ class Projection:
 
     def apply(self, events: Iterable[Event]) -> None:
         """Fold events (any order, duplicates allowed) into the tables."""
-        self._apply(e for e in events if self._consistent(e))
+        batch = sorted((e for e in events if self._consistent(e)), key=_event_id)
+        self._apply_sorted(_one_copy_each(batch))
 
     def _consistent(self, event: Event) -> bool:
         try:
@@ -113,53 +162,68 @@ class Projection:
             return False
         return True
 
-    def _apply(self, events: Iterable[Event]) -> None:
-        batches: dict[str, list[Event]] = {}
+    def _apply_sorted(self, events: Iterable[Event]) -> None:
+        """Fold events given in event_id order (one copy per id); refold late partitions.
+
+        The cyclic garbage collector is paused meanwhile: the fold makes millions of
+        acyclic rows, and each collection would rescan all of them (quadratic time).
+        """
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._apply_sorted_unpaused(events)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _apply_sorted_unpaused(self, events: Iterable[Event]) -> None:
+        late: set[str] = set()
+        history = self._history if self.keep_history else None
+        partitions = self.partitions
         for event in events:
             if not self.engine.handles(event.event_type):
                 self.invalid[event.event_id] = Rejection(
                     event.event_id, "UNKNOWN_EVENT_TYPE", event.event_type, "not a Layer 1 event"
                 )
                 continue
-            batches.setdefault(partition_key(event), []).append(event)
-        for key, batch in batches.items():
-            self._apply_partition(key, batch)
-
-    def _apply_partition(self, key: str, batch: list[Event]) -> None:
-        part = self.partitions.get(key)
-        if part is None:
-            part = self.partitions[key] = Partition(key)
-        history = self._history.setdefault(key, {}) if self.keep_history else None
-        batch.sort(key=lambda e: e.event_id)
-        fresh: list[Event] = []
-        late = False
-        for event in batch:
+            key = partition_key(event)
+            part = partitions.get(key)
+            if part is None:
+                part = partitions[key] = Partition(key)
+            self.dirty.add(key)
             if history is not None:
-                text = event.to_json()
-                known = history.get(event.event_id)
+                stored = history.get(key)
+                if stored is None:
+                    stored = history[key] = {}
+                text = _canonical(event)
+                known = stored.get(event.event_id)
                 if known is not None:
-                    if text >= known:
-                        continue  # the same event again (or a conflicting copy that loses)
-                    late = True
-                history[event.event_id] = text
+                    if text < known:  # a conflicting copy that wins: refold with it
+                        stored[event.event_id] = text
+                        late.add(key)
+                    continue
+                stored[event.event_id] = text
+            if key in late:
+                continue
             if event.event_id <= part.max_event_id:
-                late = True
-            fresh.append(event)
-        if not fresh:
-            return
-        self.dirty.add(key)
-        if late and history is not None:
-            self.partitions[key] = part = Partition(key)
-            fresh = sorted(
-                (self.catalog.parse(json.loads(text)) for text in history.values()),
-                key=lambda e: e.event_id,
-            )
-        elif late:
-            raise ServoError(
-                f"partition {key!r}: an event arrived before ones already folded, and this "
-                "projection keeps no history to refold (use keep_history=True)"
-            )
-        for event in _one_copy_each(fresh):
+                if history is None:
+                    if event.event_id == part.max_event_id:
+                        continue  # a copy of the event just folded
+                    raise ServoError(
+                        f"partition {key!r}: an event arrived before ones already folded, and "
+                        "this projection keeps no history to refold (use keep_history=True)"
+                    )
+                late.add(key)
+                continue
+            self._fold_one(part, event)
+        for key in sorted(late):
+            self._refold(key)
+
+    def _refold(self, key: str) -> None:
+        """Rebuild one partition from its history in event_id order."""
+        part = self.partitions[key] = Partition(key)
+        for event_id in sorted(self._history[key]):
+            event = self.catalog.parse(orjson.loads(self._history[key][event_id]))
             self._fold_one(part, event)
 
     def _fold_one(self, part: Partition, event: Event) -> None:
@@ -204,6 +268,22 @@ class Projection:
         return out
 
 
+def _event_id(event: Event) -> str:
+    return event.event_id
+
+
+def _text(raw: str | bytes) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+def _canonical(event: Event) -> str:
+    """Canonical JSON: copies of one event compare equal, conflicts deterministically.
+
+    Kept as str: orjson's bytes keep an over-allocated buffer (~4 KiB each).
+    """
+    return orjson.dumps(event.envelope(), option=orjson.OPT_SORT_KEYS).decode()
+
+
 def _one_copy_each(events: list[Event]) -> Iterator[Event]:
     """Sorted events with one copy per event_id (the smallest canonical text wins)."""
     i = 0
@@ -211,7 +291,7 @@ def _one_copy_each(events: list[Event]) -> Iterator[Event]:
         j = i + 1
         while j < len(events) and events[j].event_id == events[i].event_id:
             j += 1
-        yield events[i] if j == i + 1 else min(events[i:j], key=Event.to_json)
+        yield events[i] if j == i + 1 else min(events[i:j], key=_canonical)
         i = j
 
 
@@ -236,9 +316,13 @@ def _partition_rows(table: str, part: Partition) -> Iterator[dict[str, Any]]:
         for outbox in part.outbox.values():
             row = _row_dict(outbox)
             row["status"] = outbox.state
+            row["cloud_task_id"] = outbox.cloud_task_id
             yield row
     elif table == "timers":
-        yield from (_row_dict(t) for t in part.timers.values())
+        for timer in part.timers.values():
+            row = _row_dict(timer)
+            row["cloud_task_id"] = timer.cloud_task_id
+            yield row
     elif table == "rejected_events":
         yield from (_row_dict(r) for r in part.rejected.values())
 
@@ -259,4 +343,41 @@ def fold(events: Iterable[Event], spec: Spec, registry: Registry) -> Projection:
     """Fold a set of events from scratch (no history kept: nothing can arrive late)."""
     projection = Projection(spec, registry, keep_history=False)
     projection.apply(events)
+    return projection
+
+
+class _OutOfOrder(Exception):
+    """The input was not in event_id order after all."""
+
+
+def fold_lines(lines: Iterable[str | bytes], spec: Spec, registry: Registry) -> Projection:
+    """Fold JSON lines from scratch; one streaming pass when they are in event_id order.
+
+    A ledger export is usually sorted by event_id: then each line is decoded once and
+    folded at once, holding nothing but the tables. On the first line out of order the
+    work is discarded and the lines are folded by the general two-pass path.
+    """
+    kept: list[str | bytes] = []
+    projection = Projection(spec, registry, keep_history=False)
+    try:
+        projection._apply_sorted(projection._streamed(lines, kept))
+        return projection
+    except _OutOfOrder:
+        pass
+    projection = Projection(spec, registry, keep_history=False)
+    projection.apply_lines(kept)
+    return projection
+
+
+def fold_file(path: Path, spec: Spec, registry: Registry) -> Projection:
+    """Fold a JSONL file from scratch without holding it in memory when it is sorted."""
+    projection = Projection(spec, registry, keep_history=False)
+    try:
+        with path.open("rb") as handle:
+            projection._apply_sorted(projection._streamed(handle, None))
+        return projection
+    except _OutOfOrder:
+        pass
+    projection = Projection(spec, registry, keep_history=False)
+    projection.apply_lines(path.read_bytes().splitlines())
     return projection

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from servo.core.ids import dispatch_cloud_task_id, timer_cloud_task_id
+
 __all__ = [
     "Derived",
     "EdgeRow",
@@ -88,7 +90,6 @@ class OutboxRow:
     """A row of `dispatch_outbox`."""
 
     dispatch_id: str
-    cloud_task_id: str
     run_id: str
     task_key: str
     attempt: int
@@ -97,13 +98,17 @@ class OutboxRow:
     state: str
     row_version: str
 
+    @property
+    def cloud_task_id(self) -> str:
+        """The API-safe queue task name, derived from dispatch_id (ADR 003)."""
+        return dispatch_cloud_task_id(self.dispatch_id)
+
 
 @dataclass(slots=True)
 class TimerRow:
     """A row of `timers`."""
 
     timer_id: str
-    cloud_task_id: str
     timer_type: str
     run_id: str | None
     task_key: str | None
@@ -111,6 +116,11 @@ class TimerRow:
     fire_at: datetime
     state: str
     row_version: str
+
+    @property
+    def cloud_task_id(self) -> str:
+        """The API-safe queue task name, derived from timer_id (ADR 003)."""
+        return timer_cloud_task_id(self.timer_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from servo.core._registry import REGISTRY
 from servo.core.events import parse_timestamp
 from servo.core.fold._engine import Ctx
 from servo.core.fold._rows import EdgeRow, OutboxRow, RunRow, TaskRow, TimerRow
-from servo.core.ids import dispatch_cloud_task_id, dispatch_id, timer_cloud_task_id
+from servo.core.ids import dispatch_id
 
 __all__: list[str] = []
 
@@ -126,7 +126,6 @@ class OutboxOfEvent:
         d = ctx.data
         row = OutboxRow(
             dispatch_id=d["dispatch_id"],
-            cloud_task_id=dispatch_cloud_task_id(d["dispatch_id"]),
             run_id=d["run_id"],
             task_key=d["task_key"],
             attempt=d["attempt"],
@@ -163,7 +162,6 @@ class TimerOfEvent:
         d = ctx.data
         row = TimerRow(
             timer_id=d["timer_id"],
-            cloud_task_id=timer_cloud_task_id(d["timer_id"]),
             timer_type=d["timer_type"],
             run_id=d.get("run_id"),
             task_key=d.get("task_key"),
