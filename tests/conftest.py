@@ -12,6 +12,8 @@ from servo.core.events import Catalog
 from servo.core.rules import default_spec, registry
 from servo.spec import Spec
 
+pytest_plugins = ["backends"]
+
 settings.register_profile(
     "ci",
     max_examples=60,

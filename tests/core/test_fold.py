@@ -251,3 +251,35 @@ def test_fold_lines_gives_the_same_tables_sorted_shuffled_or_streamed(b: EventBu
         path = tmp_path / "ledger.jsonl"
         path.write_text("\n".join(variant))
         assert fold_file(path, spec, rules).tables() == expected.tables()
+
+
+def test_take_changes_returns_changed_rows_and_deletions(b: EventBuilder, spec: Spec, rules: Registry) -> None:
+    """Changes since the last take rebuild the full tables (what L0 deltas rely on)."""
+    events = chain_run(b, "a", "b", "c") + succeed(b, "a") + succeed(b, "b")
+    other = [b.run_triggered("run_2"), b.plan_created("run_2", [TaskDef("x")])]
+    projection = Projection(spec, rules)
+    merged: dict[str, dict[tuple[object, ...], dict[str, object]]] = {}
+
+    def absorb(changes: dict[str, tuple[list[dict[str, object]], list[tuple[object, ...]]]]) -> None:
+        for table, (rows, deleted) in changes.items():
+            pk = spec.tables[table].primary_key
+            target = merged.setdefault(table, {})
+            for key in deleted:
+                target.pop(key, None)
+            for row in rows:
+                target[tuple(row[k] for k in pk)] = row
+
+    projection.apply(events[:4] + other)
+    absorb(projection.take_changes())
+    assert projection.take_changes() == {}
+    # A late lower-id PlanCreated with another plan wins: run_1's old tasks vanish.
+    late_plan = b.event("PlanCreated", {"run_id": RUN, "plan_id": "plan_1", "tasks": [TaskDef("solo").payload()]}, at=events[0].occurred_at)
+    projection.apply([*events[4:], late_plan])
+    changes = projection.take_changes()
+    assert all(r["run_id"] == RUN for r in changes["tasks"][0])
+    assert ("run_1", "a") in changes["tasks"][1]
+    absorb(changes)
+    projection2 = Projection(spec, rules)
+    projection2.apply([*events, *other, late_plan])
+    for table, rows in projection2.tables().items():
+        assert sorted(merged.get(table, {}).values(), key=lambda r: tuple(str(r[k]) for k in spec.tables[table].primary_key)) == rows, table

@@ -45,7 +45,11 @@ class Projection:
         self.invalid: dict[str, Rejection] = {}
         self._history: dict[str, dict[str, str]] = {}
         self.last_event_id = ""
-        self.dirty: set[str] = set()
+        # Change tracking for L0 deltas: event ids folded in place per partition,
+        # primary keys a partition had before it was refolded, new invalid events.
+        self._touched: dict[str, set[str]] = {}
+        self._refolded: dict[str, dict[str, set[tuple[Any, ...]]]] = {}
+        self._new_invalid: set[str] = set()
 
     # ------------------------------------------------------------ ingest --
 
@@ -135,11 +139,16 @@ class Projection:
             self._reject(exc, obj, text, "INVALID")
         return None
 
+    def _invalid(self, rejection: Rejection) -> None:
+        if self.invalid.get(rejection.event_id) != rejection:
+            self.invalid[rejection.event_id] = rejection
+            self._new_invalid.add(rejection.event_id)
+
     def _reject(self, exc: InvalidEvent, obj: object, text: str | None, reason: str) -> None:
         event_type = obj.get("event_type") if isinstance(obj, dict) else None
         shown_type = event_type if isinstance(event_type, str) else None
         if exc.event_id is not None:
-            self.invalid[exc.event_id] = Rejection(exc.event_id, reason, shown_type, str(exc))
+            self._invalid(Rejection(exc.event_id, reason, shown_type, str(exc)))
         else:
             raw = text if text is not None else json.dumps(obj, sort_keys=True, default=str)
             self._reject_text(raw.strip(), reason, shown_type, str(exc))
@@ -147,7 +156,7 @@ class Projection:
     def _reject_text(self, text: str, reason: str, event_type: str | None, detail: str) -> None:
         digest = hashlib.sha256(text.encode()).hexdigest()[:26]
         event_id = f"invalid:{digest}"
-        self.invalid[event_id] = Rejection(event_id, reason, event_type, detail)
+        self._invalid(Rejection(event_id, reason, event_type, detail))
 
     def apply(self, events: Iterable[Event]) -> None:
         """Fold events (any order, duplicates allowed) into the tables."""
@@ -158,7 +167,7 @@ class Projection:
         try:
             check_semantics(event)
         except InvalidEvent as exc:
-            self.invalid[event.event_id] = Rejection(event.event_id, "INVALID", event.event_type, str(exc))
+            self._invalid(Rejection(event.event_id, "INVALID", event.event_type, str(exc)))
             return False
         return True
 
@@ -182,15 +191,14 @@ class Projection:
         partitions = self.partitions
         for event in events:
             if not self.engine.handles(event.event_type):
-                self.invalid[event.event_id] = Rejection(
-                    event.event_id, "UNKNOWN_EVENT_TYPE", event.event_type, "not a Layer 1 event"
+                self._invalid(
+                    Rejection(event.event_id, "UNKNOWN_EVENT_TYPE", event.event_type, "not a Layer 1 event")
                 )
                 continue
             key = partition_key(event)
             part = partitions.get(key)
             if part is None:
                 part = partitions[key] = Partition(key)
-            self.dirty.add(key)
             if history is not None:
                 stored = history.get(key)
                 if stored is None:
@@ -215,12 +223,16 @@ class Projection:
                     )
                 late.add(key)
                 continue
+            if history is not None:  # only incremental projections publish changes
+                self._touched.setdefault(key, set()).add(event.event_id)
             self._fold_one(part, event)
         for key in sorted(late):
             self._refold(key)
 
     def _refold(self, key: str) -> None:
         """Rebuild one partition from its history in event_id order."""
+        if key not in self._refolded:
+            self._refolded[key] = self._primary_keys(self.partitions[key])
         part = self.partitions[key] = Partition(key)
         for event_id in sorted(self._history[key]):
             event = self.catalog.parse(orjson.loads(self._history[key][event_id]))
@@ -243,6 +255,58 @@ class Projection:
         rejection = self.engine.apply(ctx)
         if rejection is not None:
             part.rejected[event.event_id] = rejection
+
+    # ----------------------------------------------------------- changes --
+
+    def _primary_keys(self, part: Partition) -> dict[str, set[tuple[Any, ...]]]:
+        out: dict[str, set[tuple[Any, ...]]] = {}
+        for table in LAYER1_TABLES:
+            pk = self.spec.tables[table].primary_key
+            out[table] = {tuple(row[k] for k in pk) for row in _partition_rows(table, part)}
+        return out
+
+    def take_changes(self) -> dict[str, tuple[list[dict[str, Any]], list[tuple[Any, ...]]]]:
+        """Rows changed since the last call (JSON-ready) and primary keys deleted, per table.
+
+        A partition folded in place contributes the rows whose row_version is one of the
+        events folded (every change stamps row_version) and its run row (task counts);
+        a refolded partition contributes all its rows and the keys it no longer has.
+        """
+        out: dict[str, tuple[list[dict[str, Any]], list[tuple[Any, ...]]]] = {}
+        for table in LAYER1_TABLES:
+            spec = self.spec.tables[table]
+            rows: list[dict[str, Any]] = []
+            deleted: list[tuple[Any, ...]] = []
+            for key, before in self._refolded.items():
+                part = self.partitions[key]
+                current = list(_partition_rows(table, part))
+                rows.extend(current)
+                kept = {tuple(r[k] for k in spec.primary_key) for r in current}
+                deleted.extend(sorted(before[table] - kept, key=lambda t: tuple(map(str, t))))
+            for key, ids in self._touched.items():
+                if key in self._refolded:
+                    continue
+                for row in _partition_rows(table, self.partitions[key]):
+                    version = row.get("row_version", row.get("event_id"))
+                    if table == "runs" or version in ids:
+                        rows.append(row)
+            if table == "rejected_events":
+                rows.extend(_row_dict(self.invalid[i]) for i in sorted(self._new_invalid))
+            json_rows = [_json_row(spec, row) for row in rows]
+            json_rows.sort(key=lambda r: tuple(str(r[k]) for k in spec.primary_key))
+            if json_rows or deleted:
+                out[table] = (json_rows, deleted)
+        self._touched.clear()
+        self._refolded.clear()
+        self._new_invalid.clear()
+        return out
+
+    def folded_event_ids(self) -> set[str]:
+        """Every event id this projection has seen (folded or rejected as invalid)."""
+        seen = set(self.invalid)
+        for stored in self._history.values():
+            seen.update(stored)
+        return seen
 
     # ------------------------------------------------------------ output --
 

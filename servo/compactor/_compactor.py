@@ -1,0 +1,247 @@
+"""The compactor: the only Parquet writer (P2).
+
+One micro-compaction folds the newly appended events into the in-memory projection
+(O(new events), ADR 004), writes the rows that changed as L0 delta files, and
+publishes the next manifest by create-only sequence number with its fencing epoch
+(P4). Every `merge_every` deltas it writes a full base instead. A restarted
+compactor takes a new epoch, rebuilds its projection from the events the manifest
+names (by object name, no listing), and publishes a fence manifest, after which no
+older compactor can publish.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from servo._errors import CasConflict, FencedOut, ObjectExists, ObjectNotFound
+from servo.compactor._manifest import Manifest, ManifestStore
+from servo.core._registry import Registry
+from servo.core.events import format_timestamp
+from servo.core.fold import LAYER1_TABLES, Projection
+from servo.core.ids import is_ulid, ulid_timestamp
+from servo.spec import Spec
+from servo.storage import Ledger, ScopedStore
+from servo.tables._parquet import parquet_bytes
+
+__all__ = ["EPOCH_OBJECT", "Compactor"]
+
+EPOCH_OBJECT = "compactor/epoch"
+CrashHook = Callable[[str], None]
+
+
+def _no_crash(point: str) -> None:
+    return None
+
+
+class Compactor:
+    """Folds ledger events into Parquet projections for one tenant/workspace."""
+
+    def __init__(
+        self,
+        store: ScopedStore,
+        spec: Spec,
+        registry: Registry,
+        *,
+        merge_every: int = 32,
+        pointer_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        crash: CrashHook = _no_crash,
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.registry = registry
+        self.ledger = Ledger(store)
+        self.manifests = ManifestStore(store)
+        self.projection = Projection(spec, registry, keep_history=True)
+        self.merge_every = merge_every
+        self.pointer_interval = pointer_interval
+        self.clock = clock
+        self.crash = crash
+        self.epoch = 0
+        self.manifest: Manifest | None = None
+        self._pending: dict[str, None] = {}
+        self._folded: set[str] = set()
+        self._pointer_moved_at = float("-inf")
+
+    # ------------------------------------------------------------ lifecycle --
+
+    def start(self) -> Manifest:
+        """Take a new fencing epoch, rebuild from the latest manifest, publish a fence."""
+        self.epoch = self._acquire_epoch()
+        latest = self.manifests.latest()
+        if latest is not None:
+            self._rebuild(latest)
+        while True:
+            seq = (latest.seq if latest else 0) + 1
+            fence = Manifest(
+                seq=seq,
+                epoch=self.epoch,
+                watermark=latest.watermark if latest else None,
+                last_event_id=latest.last_event_id if latest else "",
+                base=dict(latest.base) if latest else {},
+                deltas=latest.deltas if latest else (),
+            )
+            if self.manifests.publish(fence):
+                self.manifest = fence
+                self._move_pointer(force=True)
+                return fence
+            latest = self.manifests.latest()
+            if latest is not None and latest.epoch > self.epoch:
+                raise FencedOut(f"compactor epoch {self.epoch} was deposed by epoch {latest.epoch}")
+            if latest is not None and latest.epoch == self.epoch:  # pragma: no cover - unique epochs
+                raise CasConflict(f"manifest {seq} taken within epoch {self.epoch}")
+            if latest is not None:
+                self._rebuild(latest)
+
+    def _acquire_epoch(self) -> int:
+        """CAS-increment the epoch object; a lost race is retried with the new value."""
+        while True:
+            try:
+                current = self.store.get(EPOCH_OBJECT)
+                epoch, generation = int(current.data) + 1, current.generation
+            except ObjectNotFound:
+                epoch, generation = 1, 0
+            try:
+                self.store.put_if_generation_match(EPOCH_OBJECT, str(epoch).encode(), generation)
+                return epoch
+            except (CasConflict, ObjectExists):
+                continue  # another compactor started at the same moment: read again
+
+    def _rebuild(self, manifest: Manifest) -> None:
+        """Fold again every event the manifest's base and deltas name (no listing)."""
+        self.projection = Projection(self.spec, self.registry, keep_history=True)
+        ids: list[str] = []
+        for files in (manifest.base, *manifest.deltas):
+            name = files.get("_events")
+            if name:
+                ids.extend(json.loads(self.store.get(name).data))
+        self._fold_ids(ids)
+        self.projection.take_changes()
+        self._folded = set(ids)
+
+    # ------------------------------------------------------------- ingest --
+
+    def notify(self, event_ids: Iterable[str]) -> None:
+        """In-process trigger: the appender tells us which events are new."""
+        for event_id in event_ids:
+            if event_id not in self._folded:
+                self._pending[event_id] = None
+
+    def repair(self) -> int:
+        """Fallback sweep (anti-entropy only, P6): list the ledger, queue what is unfolded."""
+        before = len(self._pending)
+        for name in self.ledger.list_event_names():
+            event_id = name.rsplit("/", 1)[-1].removesuffix(".json")
+            if event_id not in self._folded:
+                self._pending[event_id] = None
+        return len(self._pending) - before
+
+    def _fold_ids(self, ids: list[str]) -> list[str]:
+        payloads: list[bytes] = []
+        read: list[str] = []
+        for event_id in ids:
+            try:
+                payloads.append(self.ledger.read(event_id))
+            except ObjectNotFound:
+                continue  # a notification for an event whose append did not land
+            read.append(event_id)
+        self.projection.apply_lines(payloads)
+        return read
+
+    # ------------------------------------------------------------ compact --
+
+    def compact(self) -> Manifest | None:
+        """One micro-compaction of the pending events; None when there is nothing new."""
+        if self.manifest is None:
+            raise RuntimeError("call start() first")
+        ids = [i for i in self._pending if i not in self._folded]
+        if not ids:
+            self._pending.clear()
+            return None
+        read = self._fold_ids(ids)
+        changes = self.projection.take_changes()
+        seq = self.manifest.seq + 1
+        if len(self.manifest.deltas) + 1 >= self.merge_every:
+            manifest = self._write_base(seq, read)
+        else:
+            files = self._write_delta(seq, changes, read)
+            self.crash("after_delta")
+            manifest = self._next_manifest(seq, self.manifest.base, (*self.manifest.deltas, files))
+        self.crash("before_manifest")
+        self._publish(manifest)
+        self.crash("after_manifest")
+        self._folded.update(read)
+        for event_id in ids:
+            self._pending.pop(event_id, None)
+        return manifest
+
+    def merge(self) -> Manifest:
+        """Write the whole projection as a new base now (what compact does periodically)."""
+        if self.manifest is None:
+            raise RuntimeError("call start() first")
+        manifest = self._write_base(self.manifest.seq + 1, [])
+        self._publish(manifest)
+        return manifest
+
+    def _prefix(self, kind: str, seq: int) -> str:
+        return f"state/{kind}/{seq:012d}.e{self.epoch}"
+
+    def _put(self, name: str, data: bytes) -> str:
+        try:
+            self.store.put_if_absent(name, data)
+        except ObjectExists:
+            if self.store.get(name).data != data:
+                raise
+        return name
+
+    def _write_delta(
+        self, seq: int, changes: dict[str, tuple[list[dict[str, Any]], list[tuple[Any, ...]]]], ids: list[str]
+    ) -> dict[str, str]:
+        prefix = self._prefix("l0", seq)
+        files: dict[str, str] = {}
+        for table, (rows, deleted) in sorted(changes.items()):
+            if rows:
+                files[table] = self._put(f"{prefix}/{table}.parquet", parquet_bytes(self.spec.tables[table], rows))
+            if deleted:
+                body = json.dumps([list(k) for k in deleted], separators=(",", ":")).encode()
+                files[f"{table}.deleted"] = self._put(f"{prefix}/{table}.deleted.json", body)
+        files["_events"] = self._put(f"{prefix}/_events.json", json.dumps(ids).encode())
+        return files
+
+    def _write_base(self, seq: int, ids: list[str]) -> Manifest:
+        prefix = self._prefix("base", seq)
+        tables = self.projection.tables()
+        files: dict[str, str] = {}
+        for index, table in enumerate(LAYER1_TABLES):
+            files[table] = self._put(f"{prefix}/{table}.parquet", parquet_bytes(self.spec.tables[table], tables[table]))
+            if index == 2:
+                self.crash("during_base_merge")
+        every = sorted(self._folded.union(ids))
+        files["_events"] = self._put(f"{prefix}/_events.json", json.dumps(every).encode())
+        return self._next_manifest(seq, files, ())
+
+    def _next_manifest(self, seq: int, base: dict[str, str], deltas: tuple[dict[str, str], ...]) -> Manifest:
+        last = self.projection.last_event_id
+        watermark = format_timestamp(ulid_timestamp(last)) if is_ulid(last) else None
+        return Manifest(seq=seq, epoch=self.epoch, watermark=watermark, last_event_id=last, base=base, deltas=deltas)
+
+    def _publish(self, manifest: Manifest) -> None:
+        if not self.manifests.publish(manifest):
+            latest = self.manifests.latest()
+            newer = latest.epoch if latest is not None else self.epoch
+            raise FencedOut(
+                f"compactor epoch {self.epoch} cannot publish manifest {manifest.seq}: "
+                f"it was taken (latest epoch {newer}); a newer compactor owns this workspace"
+            )
+        self.manifest = manifest
+        self._move_pointer()
+
+    def _move_pointer(self, *, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self._pointer_moved_at >= self.pointer_interval:
+            assert self.manifest is not None
+            self.manifests.move_pointer(self.manifest.seq)
+            self._pointer_moved_at = now

@@ -1,0 +1,142 @@
+"""Manifests: immutable, create-only, numbered; a pointer object is only a hint.
+
+GCS allows about one write per second to one object name, so no single hot object
+is compare-and-swapped per batch (SPEC §6, ADR 007). Each publish creates
+`manifests/{seq:012d}.json` with `put_if_absent`: the sequence is gapless and
+each number can be taken once, which is the compare-and-swap. `manifests/latest`
+names a recent seq; readers start there and probe `seq+1, seq+2, ...` by name
+(head, no listing) until one is missing. The pointer is rewritten at most once per
+`pointer_interval` seconds and may lag; it is never trusted beyond a start point.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from servo._errors import CasConflict, ObjectExists, ObjectNotFound
+from servo.storage import ScopedStore, StoredObject
+
+__all__ = ["POINTER", "Manifest", "ManifestReader", "ManifestStore", "ObjectReader", "manifest_name"]
+
+POINTER = "manifests/latest"
+
+
+def manifest_name(seq: int) -> str:
+    """The object name of manifest `seq`."""
+    return f"manifests/{seq:012d}.json"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the compactor published: files per table, watermark, fencing epoch.
+
+    `base` and each delta map a table name to its Parquet object (a delta also maps
+    `{table}.deleted` to the primary keys it removes) and `_events` to the list of
+    event ids folded into it, which is how a restarted compactor finds its history
+    without listing.
+    """
+
+    seq: int
+    epoch: int
+    watermark: str | None
+    last_event_id: str
+    base: dict[str, str]
+    deltas: tuple[dict[str, str], ...]
+
+    def to_json(self) -> bytes:
+        """Canonical JSON bytes."""
+        body: dict[str, Any] = {
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "watermark": self.watermark,
+            "last_event_id": self.last_event_id,
+            "base": self.base,
+            "deltas": list(self.deltas),
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        """Parse a manifest object."""
+        body = json.loads(data)
+        return cls(
+            seq=int(body["seq"]),
+            epoch=int(body["epoch"]),
+            watermark=body["watermark"],
+            last_event_id=body["last_event_id"],
+            base=dict(body["base"]),
+            deltas=tuple(dict(d) for d in body["deltas"]),
+        )
+
+
+class ObjectReader(Protocol):
+    """The read half of an object store."""
+
+    def get(self, name: str) -> StoredObject:
+        """Read an object."""
+        ...
+
+    def head(self, name: str) -> int | None:
+        """An object's generation, or None."""
+        ...
+
+
+class ManifestReader:
+    """Finds and reads manifests without listing (P6)."""
+
+    def __init__(self, store: ObjectReader) -> None:
+        self.store = store
+
+    def latest(self) -> Manifest | None:
+        """The newest manifest: start at the pointer hint, probe forward by name."""
+        seq = self._hint()
+        if seq == 0 and self.store.head(manifest_name(1)) is None:
+            return None
+        while self.store.head(manifest_name(seq + 1)) is not None:
+            seq += 1
+        if seq == 0:
+            return None
+        return self.get(seq)
+
+    def get(self, seq: int) -> Manifest:
+        """Manifest `seq` (ObjectNotFound if it was never published)."""
+        return Manifest.from_json(self.store.get(manifest_name(seq)).data)
+
+    def _hint(self) -> int:
+        try:
+            return int(self.store.get(POINTER).data)
+        except (ObjectNotFound, ValueError):
+            return 0
+
+
+class ManifestStore(ManifestReader):
+    """Reads and publishes manifests in one scope."""
+
+    def __init__(self, store: ScopedStore) -> None:
+        super().__init__(store)
+        self.writer = store
+
+    def publish(self, manifest: Manifest) -> bool:
+        """Create manifest `seq`; False if that number is already taken (lost the race)."""
+        try:
+            self.writer.put_if_absent(manifest_name(manifest.seq), manifest.to_json())
+        except ObjectExists:
+            return False
+        return True
+
+    def move_pointer(self, seq: int) -> None:
+        """Best effort: point the hint at `seq` unless it already points further."""
+        try:
+            current = self.store.get(POINTER)
+        except ObjectNotFound:
+            generation = 0
+        else:
+            generation = current.generation
+            if int(current.data) >= seq:
+                return
+        try:
+            self.writer.put_if_generation_match(POINTER, str(seq).encode(), generation)
+        except (CasConflict, ObjectExists):
+            return  # another writer moved it; a stale hint only costs probes
