@@ -69,7 +69,7 @@ class Projection:
             if isinstance(event_id, str) and _PRINTABLE.match(event_id):
                 index.append(f"{event_id}\x00{number}")
             else:
-                self.parse(obj, _text(raw))
+                self.parse(obj, raw)
         index.sort()
         self._apply_sorted(self._in_order(lines, index))
 
@@ -108,7 +108,7 @@ class Projection:
             obj = self._decode(raw)
             if obj is None:
                 continue
-            event = self.parse(obj, _text(raw))
+            event = self.parse(obj, raw)
             if event is None:
                 continue
             if event.event_id < previous:
@@ -123,8 +123,11 @@ class Projection:
         if held:
             yield held[0] if len(held) == 1 else min(held, key=_canonical)
 
-    def parse(self, obj: object, text: str | None = None) -> Event | None:
-        """Validate one decoded envelope; record a rejection and return None if bad."""
+    def parse(self, obj: object, text: str | bytes | None = None) -> Event | None:
+        """Validate one decoded envelope; record a rejection and return None if bad.
+
+        `text` is the raw line, used only to name an invalid event that has no id.
+        """
         try:
             event = self.catalog.parse(obj)
             try:
@@ -144,13 +147,13 @@ class Projection:
             self.invalid[rejection.event_id] = rejection
             self._new_invalid.add(rejection.event_id)
 
-    def _reject(self, exc: InvalidEvent, obj: object, text: str | None, reason: str) -> None:
+    def _reject(self, exc: InvalidEvent, obj: object, text: str | bytes | None, reason: str) -> None:
         event_type = obj.get("event_type") if isinstance(obj, dict) else None
         shown_type = event_type if isinstance(event_type, str) else None
         if exc.event_id is not None:
             self._invalid(Rejection(exc.event_id, reason, shown_type, str(exc)))
         else:
-            raw = text if text is not None else json.dumps(obj, sort_keys=True, default=str)
+            raw = _text(text) if text is not None else json.dumps(obj, sort_keys=True, default=str)
             self._reject_text(raw.strip(), reason, shown_type, str(exc))
 
     def _reject_text(self, text: str, reason: str, event_type: str | None, detail: str) -> None:

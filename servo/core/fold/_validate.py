@@ -6,6 +6,7 @@ reaches a machine.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from servo._errors import InvalidEvent
@@ -15,6 +16,7 @@ from servo.core.ids import dispatch_id, dispatch_run_id, timer_run_id
 __all__ = ["check_semantics", "partition_key"]
 
 _MAX_ID = 256
+_FAST_ID = re.compile(r"[\x21-\x7e]{1,256}\Z")  # printable ASCII: accepted without more checks
 
 
 def _check_id(what: str, value: object, *, colon: bool = True) -> None:
@@ -105,11 +107,12 @@ _RULES: dict[str, Callable[[Event], None]] = {
 
 def check_semantics(event: Event) -> None:
     """Raise InvalidEvent if the event contradicts itself (ids, plan graph)."""
-    run_id = event.data.get("run_id")
-    if run_id is not None:
+    data = event.data
+    run_id = data.get("run_id")
+    if run_id is not None and not (_FAST_ID.match(run_id) and ":" not in run_id):
         _check_id("run_id", run_id, colon=False)
-    task_key = event.data.get("task_key")
-    if task_key is not None:
+    task_key = data.get("task_key")
+    if task_key is not None and not _FAST_ID.match(task_key):
         _check_id("task_key", task_key)
     rule = _RULES.get(event.event_type)
     if rule is not None:
