@@ -311,3 +311,19 @@ def test_malformed_ledger_objects_are_quarantined_not_blocking(spec: Spec, rules
     tables = read_tables(space, spec)
     assert {r["reason"] for r in tables["rejected_events"]} >= {"INVALID", "STALE_ATTEMPT"}
     assert [r["state"] for r in tables["runs"]] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+
+
+def test_one_reader_follows_manifests_incrementally_and_across_base_merges(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    """A long-lived reader applies only new deltas, and starts over when the base changes."""
+    from servo.storage import MemoryStore
+
+    events = history(catalog)
+    space = scoped(MemoryStore())
+    compactor = Compactor(space, spec, rules, merge_every=3)
+    ledger = Ledger(space, on_append=compactor.notify)
+    compactor.start()
+    reader = ProjectionReader(StateView(space), spec)
+    for i in range(0, len(events), 4):
+        append(ledger, events[i : i + 4])
+        compactor.compact()
+        assert reader.read().tables == expected_tables(events[: i + 4], spec, rules)

@@ -1,0 +1,176 @@
+"""Declaring pipelines: tasks are plain functions with dependencies and policies.
+
+    from servo import Pipeline, TaskContext
+
+    pipeline = Pipeline("nightly")
+
+    @pipeline.task(max_attempts=3)
+    def extract(ctx: TaskContext) -> None: ...
+
+    @pipeline.task(depends_on=[extract])
+    def transform(ctx: TaskContext) -> None: ...
+
+A task fails by raising; it may call `ctx.heartbeat()` during long work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from servo._errors import ServoError
+
+__all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskSpec"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+class PipelineError(ServoError):
+    """A pipeline declaration is invalid (unknown dependency, cycle, bad name...)."""
+
+
+class TaskContext(Protocol):
+    """What a running task can see and do."""
+
+    run_id: str
+    task_key: str
+    attempt: int
+    attempt_id: str
+
+    def heartbeat(self, progress_pct: int | None = None) -> None:
+        """Tell the orchestrator the attempt is alive."""
+        ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, capped: delay = min(cap, base * factor**(n-1))."""
+
+    base_sec: float = 1.0
+    factor: float = 2.0
+    cap_sec: float = 300.0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One declared task."""
+
+    key: str
+    fn: Callable[..., Any]
+    depends_on: tuple[str, ...]
+    max_attempts: int
+    heartbeat_timeout_sec: int
+    retry: RetryPolicy
+    asset_key: str | None
+    partition_key: str | None
+    worker_queue: str
+
+    def plan_entry(self) -> dict[str, Any]:
+        """The PlanCreated entry of this task."""
+        out: dict[str, Any] = {
+            "task_key": self.key,
+            "depends_on": list(self.depends_on),
+            "max_attempts": self.max_attempts,
+            "heartbeat_timeout_sec": self.heartbeat_timeout_sec,
+            "worker_queue": self.worker_queue,
+        }
+        if self.asset_key is not None:
+            out["asset_key"] = self.asset_key
+        if self.partition_key is not None:
+            out["partition_key"] = self.partition_key
+        return out
+
+
+@dataclass
+class Pipeline:
+    """A named set of tasks with dependencies (a DAG)."""
+
+    name: str
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_key("pipeline name", self.name)
+
+    def task(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[str | Callable[..., Any]] = (),
+        max_attempts: int = 1,
+        heartbeat_timeout_sec: int = 300,
+        retry: RetryPolicy | None = None,
+        asset_key: str | None = None,
+        partition_key: str | None = None,
+        worker_queue: str = "default",
+    ) -> Any:
+        """Register a function as a task (usable as `@pipeline.task` or `@pipeline.task(...)`)."""
+
+        def register(func: F) -> F:
+            key = name or func.__name__
+            _check_key("task name", key)
+            if key in self.tasks:
+                raise PipelineError(f"pipeline {self.name!r}: task {key!r} is declared twice")
+            if max_attempts < 1:
+                raise PipelineError(f"task {key!r}: max_attempts must be >= 1")
+            if heartbeat_timeout_sec < 1:
+                raise PipelineError(f"task {key!r}: heartbeat_timeout_sec must be >= 1")
+            deps = tuple(sorted({d if isinstance(d, str) else _task_name(d) for d in depends_on}))
+            for dep in deps:
+                if dep not in self.tasks:
+                    raise PipelineError(
+                        f"task {key!r} depends on {dep!r}, which is not declared before it in {self.name!r}"
+                    )
+            self.tasks[key] = TaskSpec(
+                key=key,
+                fn=func,
+                depends_on=deps,
+                max_attempts=max_attempts,
+                heartbeat_timeout_sec=heartbeat_timeout_sec,
+                retry=retry or RetryPolicy(),
+                asset_key=asset_key,
+                partition_key=partition_key,
+                worker_queue=worker_queue,
+            )
+            func.__servo_task__ = key  # type: ignore[attr-defined]
+            return func
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def plan(self) -> list[dict[str, Any]]:
+        """The PlanCreated task list."""
+        if not self.tasks:
+            raise PipelineError(f"pipeline {self.name!r} has no tasks")
+        return [spec.plan_entry() for spec in self.tasks.values()]
+
+    def plan_id(self) -> str:
+        """A content hash of the plan: the same declaration gives the same id."""
+        text = repr(sorted((t["task_key"], t["depends_on"], t["max_attempts"]) for t in self.plan()))
+        return "plan_" + hashlib.sha256(f"{self.name}:{text}".encode()).hexdigest()[:16]
+
+    def call(self, key: str, ctx: TaskContext) -> None:
+        """Run a task's function with the context (if it takes one)."""
+        fn = self.tasks[key].fn
+        params: Sequence[inspect.Parameter] = list(inspect.signature(fn).parameters.values())
+        if params:
+            fn(ctx)
+        else:
+            fn()
+
+
+def _task_name(fn: Callable[..., Any]) -> str:
+    key = getattr(fn, "__servo_task__", None)
+    if not isinstance(key, str):
+        raise PipelineError(f"{getattr(fn, '__name__', fn)!r} is not a task; decorate it first")
+    return key
+
+
+def _check_key(what: str, value: str) -> None:
+    if not value or len(value) > 128 or not set(value) <= _KEY_CHARS or value in (".", ".."):
+        raise PipelineError(f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'")

@@ -1,0 +1,155 @@
+"""The worker contract (SPEC §6): what a worker receives and how it reports back.
+
+A dispatched attempt is delivered as a `Delivery` (tenant, workspace, run_id,
+task_key, attempt, attempt_id, traceparent, callback base, token). The worker
+calls back `started`, `heartbeat` and `finished` with the attempt_id and the
+per-attempt token, an HMAC of the attempt under the tenant's secret, so a callback
+cannot be forged for another attempt. `CallbackService` checks the token and the
+attempt against the projection and appends the worker fact to the ledger; the same
+service backs the HTTP API (`servo serve`) and the embedded worker pool.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from hashlib import sha256
+from typing import Any
+
+from servo._errors import ServoError, StaleAttempt
+
+__all__ = [
+    "CallbackRejected",
+    "CallbackService",
+    "Delivery",
+    "ForgedCallback",
+    "attempt_token",
+]
+
+
+class CallbackRejected(ServoError):
+    """A callback was refused; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class ForgedCallback(CallbackRejected):
+    """The token does not match the attempt it claims."""
+
+    status = 403
+
+
+def attempt_token(secret: bytes, tenant: str, workspace: str, run_id: str, task_key: str, attempt_id: str) -> str:
+    """HMAC-SHA256 of the attempt under the tenant secret (hex)."""
+    message = f"{tenant}\x1f{workspace}\x1f{run_id}\x1f{task_key}\x1f{attempt_id}".encode()
+    return hmac.new(secret, message, sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The payload of a dispatched queue task."""
+
+    tenant: str
+    workspace: str
+    run_id: str
+    task_key: str
+    attempt: int
+    attempt_id: str
+    token: str
+    callback_base: str = ""
+    traceparent: str | None = None
+
+    def to_json(self) -> bytes:
+        """The queue payload bytes."""
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Delivery:
+        """Parse a queue payload; ServoError on a malformed one."""
+        try:
+            body = json.loads(data)
+            return cls(**{k: body[k] for k in cls.__dataclass_fields__ if k in body})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CallbackRejected(f"malformed delivery payload: {exc}") from None
+
+
+AttemptLookup = Callable[[str, str], tuple[str | None, int, str] | None]
+"""(run_id, task_key) -> (current attempt_id, attempt, task state) from the projection."""
+Append = Callable[[str, Mapping[str, Any], str | None], None]
+"""(event_type, data, traceparent) -> append a worker fact to the ledger."""
+
+_LIVE = frozenset({"DISPATCHED", "RUNNING"})
+
+
+class CallbackService:
+    """Validates worker callbacks and appends the facts they report."""
+
+    def __init__(self, secret: bytes, tenant: str, workspace: str, lookup: AttemptLookup, append: Append) -> None:
+        self._secret = secret
+        self.tenant = tenant
+        self.workspace = workspace
+        self._lookup = lookup
+        self._append = append
+
+    def token_for(self, run_id: str, task_key: str, attempt_id: str) -> str:
+        """The token a delivery for this attempt carries."""
+        return attempt_token(self._secret, self.tenant, self.workspace, run_id, task_key, attempt_id)
+
+    def _check(self, d: Delivery) -> None:
+        expected = self.token_for(d.run_id, d.task_key, d.attempt_id)
+        if d.tenant != self.tenant or d.workspace != self.workspace or not hmac.compare_digest(expected, d.token):
+            raise ForgedCallback(f"invalid token for attempt {d.attempt_id} of {d.run_id}/{d.task_key}")
+        current = self._lookup(d.run_id, d.task_key)
+        if current is None:
+            raise StaleAttemptRejected(f"unknown task {d.run_id}/{d.task_key}")
+        attempt_id, attempt, state = current
+        if attempt_id != d.attempt_id or attempt != d.attempt or state not in _LIVE:
+            raise StaleAttemptRejected(
+                f"attempt {d.attempt} ({d.attempt_id}) of {d.run_id}/{d.task_key} is not current "
+                f"(current: attempt {attempt} ({attempt_id}), task {state})"
+            )
+
+    def _fact(self, d: Delivery, worker_id: str) -> dict[str, Any]:
+        return {
+            "run_id": d.run_id,
+            "task_key": d.task_key,
+            "attempt": d.attempt,
+            "attempt_id": d.attempt_id,
+            "worker_id": worker_id,
+        }
+
+    def started(self, d: Delivery, worker_id: str) -> None:
+        """The worker began the attempt."""
+        self._check(d)
+        self._append("TaskStarted", self._fact(d, worker_id), d.traceparent)
+
+    def heartbeat(self, d: Delivery, worker_id: str, at: datetime, progress_pct: int | None = None) -> None:
+        """The worker is alive."""
+        from servo.core.events import format_timestamp
+
+        self._check(d)
+        data = self._fact(d, worker_id)
+        data["heartbeat_at"] = format_timestamp(at)
+        if progress_pct is not None:
+            data["progress_pct"] = progress_pct
+        self._append("TaskHeartbeat", data, d.traceparent)
+
+    def finished(self, d: Delivery, worker_id: str, outcome: str, error_message: str | None = None) -> None:
+        """The attempt ended (SUCCEEDED / FAILED / CANCELLED)."""
+        if outcome not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            raise CallbackRejected(f"outcome must be SUCCEEDED, FAILED or CANCELLED, not {outcome!r}")
+        self._check(d)
+        data = self._fact(d, worker_id)
+        data["outcome"] = outcome
+        if error_message:
+            data["error_message"] = error_message[:4000]
+        self._append("TaskFinished", data, d.traceparent)
+
+
+class StaleAttemptRejected(CallbackRejected, StaleAttempt):
+    """The callback names an attempt that is no longer current (answer 409)."""
+
+    status = 409
