@@ -77,9 +77,13 @@ class _Refused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Bound:
+    """One machine as one event type meets it: its rows for that event, by state."""
+
     machine: Machine
     locator: Locator
     creates: bool
+    rows: dict[str, tuple[_Row, ...]]
+    counts_tasks: bool
 
 
 class Engine:
@@ -90,6 +94,7 @@ class Engine:
         self.guards: dict[str, GuardEntry] = registry.guards
         self.effects = registry.effects
         self._plans: dict[str, tuple[EventSpec, _Bound, tuple[_Bound, ...]]] = {}
+        self._derived: dict[tuple[str, str], _Bound] = {}
         self.trace: Callable[[Step], None] | None = None
         self._compiled: dict[str, dict[tuple[str, str], tuple[_Row, ...]]] = {
             name: self._compile(machine) for name, machine in spec.machines.items() if _layer(spec, machine) == layer
@@ -100,6 +105,8 @@ class Engine:
             primary = self._bind(registry, event.machine, name)
             also = tuple(self._bind(registry, m, name) for m in event.also)
             self._plans[name] = (event, primary, also)
+            if event.derived:
+                self._derived[(event.machine, name)] = primary
 
     def _compile(self, machine: Machine) -> dict[tuple[str, str], tuple[_Row, ...]]:
         """Rows by (state, event) with their guard and effect functions resolved once."""
@@ -113,7 +120,9 @@ class Engine:
     def _bind(self, registry: Registry, machine_name: str, event: str) -> _Bound:
         machine = self.spec.machines[machine_name]
         locator: Locator = registry.locators[machine.locator]()
-        return _Bound(machine, locator, event in machine.created_by)
+        compiled = self._compiled[machine_name]
+        rows = {state: value for (state, ev), value in compiled.items() if ev == event}
+        return _Bound(machine, locator, event in machine.created_by, rows, machine_name == "task")
 
     def _trace(self, machine: Machine, instance: Any, ctx: Ctx, rows: tuple[Transition, ...]) -> None:
         ctx.row = instance
@@ -131,9 +140,8 @@ class Engine:
         event, primary, also = self._plans[ctx.event_type]
         ctx.engine = self
         try:
-            instances = self._instances(primary, ctx)
-            for instance in instances:
-                reason = self._step(primary.machine, instance, ctx)
+            for instance in self._instances(primary, ctx):
+                reason = self._step(primary, instance, ctx)
                 if reason is not None:
                     what = getattr(instance, "state", "?")
                     detail = f"{primary.machine.name} in {what} refuses {ctx.event_type}"
@@ -144,10 +152,11 @@ class Engine:
         for bound in also:
             try:
                 for instance in self._instances(bound, ctx):
-                    self._step(bound.machine, instance, ctx)
+                    self._step(bound, instance, ctx)
             except _Refused:
                 continue
-        self._drain(ctx)
+        if ctx.part.pending:
+            self._drain(ctx)
         return None
 
     def _instances(self, bound: _Bound, ctx: Ctx) -> list[Any]:
@@ -165,17 +174,17 @@ class Engine:
                     counts = ctx.part.task_counts
                     counts[instance.state] = counts.get(instance.state, 0) + 1
             # A created instance takes the creating event through its rows if it has any.
-            return [i for i in created if bound.machine.rows(i.state, ctx.event_type)]
+            return [i for i in created if i.state in bound.rows]
         if isinstance(found, str):
             reason = found or "INVALID_TRANSITION"
             raise _Refused(reason, f"no {bound.machine.name} for this event")
         return found
 
-    def _step(self, machine: Machine, instance: Any, ctx: Ctx) -> str | None:
+    def _step(self, bound: _Bound, instance: Any, ctx: Ctx) -> str | None:
         """Move one instance; None if a row accepted, else the refusal reason ('' = unmatched)."""
         if self.trace is not None:
-            self._trace(machine, instance, ctx, machine.rows(instance.state, ctx.event_type))
-        rows = self._compiled[machine.name].get((instance.state, ctx.event_type))
+            self._trace(bound.machine, instance, ctx, bound.machine.rows(instance.state, ctx.event_type))
+        rows = bound.rows.get(instance.state)
         if rows is None:
             return ""
         reason: str | None = None
@@ -190,7 +199,7 @@ class Engine:
                 before = instance.state
                 instance.state = target
                 instance.row_version = ctx.event_id
-                if machine.name == "task" and before != target:
+                if bound.counts_tasks and before != target:
                     counts = ctx.part.task_counts
                     counts[before] -= 1
                     counts[target] = counts.get(target, 0) + 1
@@ -211,4 +220,4 @@ class Engine:
                 data=derived.data,
                 engine=self,
             )
-            self._step(self.spec.machines[derived.machine], derived.instance, ctx)
+            self._step(self._derived[(derived.machine, derived.event_type)], derived.instance, ctx)
