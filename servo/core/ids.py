@@ -39,6 +39,7 @@ __all__ = [
     "heartbeat_timer_id",
     "is_ulid",
     "new_ulid",
+    "parse_timer_id",
     "retry_backoff",
     "retry_timer_id",
     "run_id_from_run_key",
@@ -171,9 +172,36 @@ def timer_run_id(timer_id: str) -> str | None:
         if len(parts) == 3 and _is_int(parts[1]) and _is_int(parts[2]):
             return run_id
         return None
-    if kind == "sla" and _is_int(tail):
+    if kind == "sla" and _is_int(tail.rpartition(":")[2]):
+        # SPEC: `timer:sla:...` has "the same shape": accept the run-level form
+        # `timer:sla:{run}:{epoch}` and the task-level `timer:sla:{run}:{task}:{attempt}:{epoch}`.
         return run_id
     return None
+
+
+_TIMER_TYPES = {"retry": "RETRY", "heartbeat": "HEARTBEAT_CHECK", "cron": "CRON", "sla": "SLA_CHECK"}
+
+
+def parse_timer_id(timer_id: str) -> tuple[str, str | None, str | None, int | None] | None:
+    """(timer_type, run_id, task_key, attempt) named by a timer id, or None if unknown.
+
+    Retry and heartbeat ids name all three; SLA ids name the run (and the task and
+    attempt in the task-level form); cron ids name no run.
+    """
+    kind = timer_id.split(":", 2)[1] if timer_id.count(":") >= 2 else ""
+    timer_type = _TIMER_TYPES.get(kind)
+    if timer_type is None or not timer_id.startswith("timer:"):
+        return None
+    if kind == "cron":
+        return (timer_type, None, None, None)
+    run_id = timer_run_id(timer_id)
+    if run_id is None:
+        return None
+    tail = timer_id.split(":", 3)[3]
+    parts = tail.rsplit(":", 2)
+    if kind in ("retry", "heartbeat") or len(parts) == 3:
+        return (timer_type, run_id, parts[0], int(parts[1]))
+    return (timer_type, run_id, None, None)
 
 
 # --- API-safe ids -----------------------------------------------------------------

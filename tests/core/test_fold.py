@@ -283,3 +283,23 @@ def test_take_changes_returns_changed_rows_and_deletions(b: EventBuilder, spec: 
     projection2.apply([*events, *other, late_plan])
     for table, rows in projection2.tables().items():
         assert sorted(merged.get(table, {}).values(), key=lambda r: tuple(str(r[k]) for k in spec.tables[table].primary_key)) == rows, table
+
+
+def test_retry_timer_fields_default_to_what_the_timer_id_names(b: EventBuilder, spec: Spec, rules: Registry) -> None:
+    """A TimerRequested may omit run/task/attempt: the timer id carries them."""
+    events = chain_run(b, "a", attempts=2)
+    events += [b.dispatch_requested(RUN, "a", 1, "A1"), b.finished(RUN, "a", 1, "A1", "FAILED")]
+    timer = retry_timer_id(RUN, "a", 1, 1767225700)
+    events += [b.timer_requested(timer, "RETRY", b.now), b.timer_fired(timer, "RETRY")]
+    t = tables(events, spec, rules)
+    assert task(t, "a")["state"] == "READY"
+    assert (t["timers"][0]["run_id"], t["timers"][0]["task_key"], t["timers"][0]["attempt"]) == (RUN, "a", 1)
+
+
+def test_timer_events_contradicting_their_id_are_invalid(b: EventBuilder, spec: Spec, rules: Registry) -> None:
+    events = chain_run(b, "a", attempts=2)
+    timer = retry_timer_id(RUN, "a", 1, 1767225700)
+    wrong_type = b.timer_requested(timer, "HEARTBEAT_CHECK", b.now)
+    wrong_attempt = b.timer_requested(retry_timer_id(RUN, "a", 2, 5), "RETRY", b.now, attempt=1)
+    t = tables([*events, wrong_type, wrong_attempt], spec, rules)
+    assert reasons(t) == {wrong_type.event_id: "INVALID", wrong_attempt.event_id: "INVALID"}

@@ -21,6 +21,7 @@ from servo.core.ids import (
     heartbeat_timer_id,
     is_ulid,
     new_ulid,
+    parse_timer_id,
     retry_backoff,
     retry_timer_id,
     run_id_from_run_key,
@@ -192,7 +193,6 @@ def test_dispatch_run_id_refuses_non_dispatch_ids(text: str) -> None:
         "timer:sla:run_1",
         "timer:sla:run_1:",
         "timer:sla:run_1:later",
-        "timer:sla:run_1:extract:1767225600",
         "timer:cron:01JSCHED:1767225600",
         "timer:other:run_1:1767225600",
         "dispatch:run_1:extract:1",
@@ -421,3 +421,19 @@ def test_retry_backoff_rejects_out_of_range_arguments(kwargs: dict[str, float]) 
     attempt = int(kwargs.pop("attempt"))
     with pytest.raises(ValueError):
         retry_backoff(attempt, **kwargs)
+
+
+def test_sla_timer_ids_of_either_shape_name_their_run() -> None:
+    """SPEC: `timer:sla:...` has the same shape: run-level or task-level."""
+    assert timer_run_id("timer:sla:run_1:1767225600") == "run_1"
+    assert timer_run_id("timer:sla:run_1:extract:1:1767225600") == "run_1"
+
+
+def test_parse_timer_id_names_type_run_task_and_attempt() -> None:
+    assert parse_timer_id(retry_timer_id("run_1", "a:b", 2, 99)) == ("RETRY", "run_1", "a:b", 2)
+    assert parse_timer_id(heartbeat_timer_id("run_1", "t", 1, 5)) == ("HEARTBEAT_CHECK", "run_1", "t", 1)
+    assert parse_timer_id(sla_timer_id("run_1", 5)) == ("SLA_CHECK", "run_1", None, None)
+    assert parse_timer_id("timer:sla:run_1:t:3:5") == ("SLA_CHECK", "run_1", "t", 3)
+    assert parse_timer_id(cron_timer_id("01JSCHED", 5)) == ("CRON", None, None, None)
+    assert parse_timer_id("timer:other:run_1:5") is None
+    assert parse_timer_id("nonsense") is None

@@ -7,13 +7,14 @@ are queued with `ctx.raise_derived` and never reach the ledger.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from servo.core._registry import REGISTRY
 from servo.core.events import parse_timestamp
 from servo.core.fold._engine import Ctx
 from servo.core.fold._rows import EdgeRow, OutboxRow, RunRow, TaskRow, TimerRow
-from servo.core.ids import dispatch_id
+from servo.core.ids import dispatch_id, parse_timer_id
 
 __all__: list[str] = []
 
@@ -78,7 +79,11 @@ class TaskOfEvent:
         if ctx.event_type == "RunCancelRequested":
             # Downstream first, so no upstream's cancellation skips a task we cancel.
             return [part.tasks[k] for k in reversed(part.topo_order) if part.tasks[k].state not in TERMINAL]
-        task = part.tasks.get(ctx.data.get("task_key") or "")
+        task_key = ctx.data.get("task_key")
+        if task_key is None and ctx.event_type == "TimerFired":
+            timer = part.timers.get(ctx.data["timer_id"])
+            task_key = timer.task_key if timer is not None else None
+        task = part.tasks.get(task_key or "")
         if task is None:
             return "UNKNOWN_TASK"
         return [task]
@@ -138,6 +143,17 @@ class OutboxOfEvent:
         return [row]
 
 
+def _timer_fields(data: Mapping[str, Any]) -> tuple[str | None, str | None, int | None]:
+    """run_id, task_key, attempt of a timer event: the payload's, else the timer id's."""
+    parsed = parse_timer_id(data["timer_id"])
+    _, run_id, task_key, attempt = parsed if parsed is not None else (None, None, None, None)
+    return (
+        data.get("run_id", run_id),
+        data.get("task_key", task_key),
+        data.get("attempt", attempt),
+    )
+
+
 @locator("timer_of_event")
 class TimerOfEvent:
     """The timer by timer_id; run cancel moves every scheduled timer of the run."""
@@ -147,11 +163,11 @@ class TimerOfEvent:
         if ctx.event_type == "RunCancelRequested":
             return [t for _, t in sorted(part.timers.items()) if t.state == "SCHEDULED"]
         if ctx.event_type == "TimerRequested":
-            if ctx.data.get("run_id") is not None:
-                run = _run_or_reason(ctx)
-                if isinstance(run, str):
-                    return run
-                task_key = ctx.data.get("task_key")
+            run_id, task_key, _ = _timer_fields(ctx.data)
+            if run_id is not None:
+                run = part.run
+                if run is None or run.run_id != run_id:
+                    return "UNKNOWN_RUN"
                 if task_key is not None and task_key not in part.tasks:
                     return "UNKNOWN_TASK"
             return [part.timers[ctx.data["timer_id"]]] if ctx.data["timer_id"] in part.timers else ""
@@ -160,12 +176,13 @@ class TimerOfEvent:
 
     def create(self, ctx: Ctx) -> list[Any]:
         d = ctx.data
+        run_id, task_key, attempt = _timer_fields(d)
         row = TimerRow(
             timer_id=d["timer_id"],
             timer_type=d["timer_type"],
-            run_id=d.get("run_id"),
-            task_key=d.get("task_key"),
-            attempt=d.get("attempt"),
+            run_id=run_id,
+            task_key=task_key,
+            attempt=attempt,
             fire_at=parse_timestamp(d["fire_at"], "fire_at"),
             state="",
             row_version=ctx.event_id,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from servo._errors import InvalidEvent
 from servo.core.events import Event
-from servo.core.ids import dispatch_id, dispatch_run_id, timer_run_id
+from servo.core.ids import dispatch_id, dispatch_run_id, parse_timer_id, timer_run_id
 
 __all__ = ["check_semantics", "partition_key"]
 
@@ -93,6 +93,14 @@ def _timer(event: Event) -> None:
     run_id = d.get("run_id")
     if run_id is not None and embedded != run_id:
         raise InvalidEvent(f"timer_id {timer_id!r} does not embed run_id {run_id!r}")
+    parsed = parse_timer_id(timer_id)
+    timer_type = d.get("timer_type")
+    if parsed is not None and timer_type is not None and parsed[0] != timer_type:
+        raise InvalidEvent(f"timer_id {timer_id!r} names a {parsed[0]} timer, not {timer_type}")
+    if parsed is not None:
+        for name, value in (("task_key", parsed[2]), ("attempt", parsed[3])):
+            if value is not None and d.get(name) is not None and d.get(name) != value:
+                raise InvalidEvent(f"timer_id {timer_id!r} names {name} {value!r}, not {d.get(name)!r}")
 
 
 _RULES: dict[str, Callable[[Event], None]] = {
