@@ -26,7 +26,7 @@ def fold_command(
     from servo.core.fold import fold_file, fold_lines
     from servo.core.rules import default_spec, registry
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     if as_json and out is not None:
         err.print("error: choose one of --json and --out")
         raise typer.Exit(2)

@@ -1,0 +1,132 @@
+"""`servo runs list|show|cancel`: read the projection of the embedded home."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from servo._errors import ServoError
+
+__all__ = ["runs_app"]
+
+runs_app = typer.Typer(help="List, inspect and cancel runs (reads the published projection).", no_args_is_help=True)
+
+HomeOption = Annotated[Path, typer.Option("--home", help="The Servo home directory.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _snapshot(home: Path) -> dict[str, list[dict[str, Any]]]:
+    from servo.compactor import ProjectionReader, StateView
+    from servo.core.rules import default_spec
+    from servo.engine import Home
+
+    h = Home.open(home, create=False)
+    return ProjectionReader(StateView(h.store), default_spec()).read().tables
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"error: {message}")
+    return typer.Exit(code)
+
+
+@runs_app.command("list")
+def list_runs(home: HomeOption = Path(".servo"), as_json: JsonOption = False) -> None:
+    """Every run with its state and task counts."""
+    try:
+        runs = _snapshot(home)["runs"]
+    except ServoError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(runs, indent=2) + "\n")
+        return
+    table = Table(title=f"runs in {home}")
+    for column in ("run_id", "state", "succeeded", "failed", "skipped", "total", "created_at"):
+        table.add_column(column)
+    for run in sorted(runs, key=lambda r: str(r["created_at"]), reverse=True):
+        table.add_row(
+            run["run_id"], run["state"], str(run["tasks_succeeded"]), str(run["tasks_failed"]),
+            str(run["tasks_skipped"]), str(run["tasks_total"]), str(run["created_at"]),
+        )
+    Console().print(table)
+
+
+@runs_app.command("show")
+def show_run(run_id: str, home: HomeOption = Path(".servo"), as_json: JsonOption = False) -> None:
+    """One run and its tasks."""
+    try:
+        tables = _snapshot(home)
+    except ServoError as exc:
+        raise _fail(str(exc)) from None
+    run = next((r for r in tables["runs"] if r["run_id"] == run_id), None)
+    if run is None:
+        raise _fail(f"no run {run_id!r} in {home}", 1)
+    tasks = [t for t in tables["tasks"] if t["run_id"] == run_id]
+    if as_json:
+        sys.stdout.write(json.dumps({"run": run, "tasks": tasks}, indent=2) + "\n")
+        return
+    console = Console()
+    console.print(f"run {run_id}: [bold]{run['state']}[/bold] ({run['tasks_succeeded']}/{run['tasks_total']} succeeded)")
+    table = Table()
+    for column in ("task", "state", "attempt", "error"):
+        table.add_column(column)
+    for t in tasks:
+        table.add_row(t["task_key"], t["state"], str(t["attempt"]), str(t["error_message"] or ""))
+    console.print(table)
+
+
+@runs_app.command("cancel")
+def cancel_run(
+    run_id: str,
+    home: HomeOption = Path(".servo"),
+    reason: Annotated[str, typer.Option(help="Why (recorded in the event).")] = "cancelled from the CLI",
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a run: every non-terminal task becomes CANCELLED."""
+    from servo.compactor import Compactor
+    from servo.core.events import Catalog
+    from servo.core.ids import new_ulid
+    from servo.core.rules import default_spec, registry
+    from servo.engine import Home
+    from servo.storage import Ledger
+
+    try:
+        tables = _snapshot(home)
+        run = next((r for r in tables["runs"] if r["run_id"] == run_id), None)
+        if run is None:
+            raise _fail(f"no run {run_id!r} in {home}", 1)
+        if run["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            raise _fail(f"run {run_id} already ended {run['state']}", 1)
+        h = Home.open(home, create=False)
+        spec = default_spec()
+        now = datetime.now(UTC)
+        import secrets
+
+        event = Catalog(spec).make(
+            "RunCancelRequested",
+            {"run_id": run_id, "reason": reason, "requested_by": "cli"},
+            event_id=new_ulid(now, secrets.token_bytes(10)),
+            tenant_id=h.tenant,
+            workspace_id=h.workspace,
+            occurred_at=now,
+            source="cli",
+        )
+        compactor = Compactor(h.store, spec, registry())
+        ledger = Ledger(h.store, on_append=compactor.notify)
+        ledger.append(event.event_id, event.to_json().encode())
+        compactor.start()
+        compactor.notify([event.event_id])
+        compactor.compact()
+    except ServoError as exc:
+        raise _fail(str(exc)) from None
+    state = next(r for r in _snapshot(home)["runs"] if r["run_id"] == run_id)["state"]
+    if as_json:
+        sys.stdout.write(json.dumps({"run_id": run_id, "state": state, "event_id": event.event_id}) + "\n")
+    else:
+        Console().print(f"run {run_id}: {state}")

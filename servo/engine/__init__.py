@@ -1,0 +1,7 @@
+"""The embedded engine: local files + local queue + local workers, zero services."""
+
+from __future__ import annotations
+
+from servo.engine._home import Home, HomeError
+
+__all__ = ["Home", "HomeError"]

@@ -1,0 +1,70 @@
+"""`servo runs list|show|cancel` against an embedded home."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from servo.cli import app
+from servo.compactor import Compactor
+from servo.core._registry import Registry
+from servo.core.builders import EventBuilder, TaskDef
+from servo.core.events import Catalog
+from servo.engine import Home
+from servo.spec import Spec
+from servo.storage import Ledger
+
+runner = CliRunner()
+LEDGER = Path(__file__).parents[1] / "data" / "nightly_ledger.jsonl"
+
+
+def seeded_home(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> Path:
+    home = Home.open(tmp_path / ".servo")
+    compactor = Compactor(home.store, spec, rules)
+    ledger = Ledger(home.store, on_append=compactor.notify)
+    compactor.start()
+    lines = LEDGER.read_bytes().splitlines()
+    ledger.append_many([(json.loads(x)["event_id"], x) for x in lines])
+    later = datetime(2026, 2, 1, tzinfo=UTC)  # ids after the example ledger's
+    b = EventBuilder(catalog, tenant_id=home.tenant, workspace_id=home.workspace, now=later)
+    open_run = [b.run_triggered("run_open"), b.plan_created("run_open", [TaskDef("a"), TaskDef("b", ["a"])])]
+    ledger.append_many([(e.event_id, e.to_json().encode()) for e in open_run])
+    compactor.compact()
+    return home.root
+
+
+def test_list_and_show_read_the_published_projection(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    listed = runner.invoke(app, ["runs", "list", "--home", str(home), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert {(r["run_id"], r["state"]) for r in json.loads(listed.stdout)} == {
+        ("run_nightly", "FAILED"),
+        ("run_open", "RUNNING"),
+    }
+    shown = runner.invoke(app, ["runs", "show", "run_nightly", "--home", str(home), "--json"])
+    body = json.loads(shown.stdout)
+    assert {t["task_key"]: t["state"] for t in body["tasks"]}["notify"] == "SKIPPED"
+    human = runner.invoke(app, ["runs", "show", "run_nightly", "--home", str(home)])
+    assert "FAILED" in human.stdout
+
+
+def test_cancel_cancels_every_open_task(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    result = runner.invoke(app, ["runs", "cancel", "run_open", "--home", str(home), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["state"] == "CANCELLED"
+    shown = json.loads(runner.invoke(app, ["runs", "show", "run_open", "--home", str(home), "--json"]).stdout)
+    assert {t["state"] for t in shown["tasks"]} == {"CANCELLED"}
+    again = runner.invoke(app, ["runs", "cancel", "run_open", "--home", str(home)])
+    assert again.exit_code == 1 and "already ended CANCELLED" in again.output
+
+
+def test_unknown_home_and_run_are_clear_errors(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    missing = runner.invoke(app, ["runs", "list", "--home", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no Servo home here" in missing.output
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    ghost = runner.invoke(app, ["runs", "show", "run_ghost", "--home", str(home)])
+    assert ghost.exit_code == 1 and "no run 'run_ghost'" in ghost.output
