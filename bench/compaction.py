@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fold import generate  # noqa: E402  (bench helper: generated ledgers)
+from fold import generate
 
-from servo.compactor import Compactor  # noqa: E402
-from servo.core.rules import default_spec, registry  # noqa: E402
-from servo.storage import Ledger, LocalStore, MemoryStore, ObjectStore, ScopedStore  # noqa: E402
+from servo.compactor import Compactor
+from servo.core.rules import default_spec, registry
+from servo.storage import Ledger, LocalStore, MemoryStore, ObjectStore, ScopedStore
 
 
 def _lines(count: int, start: int, prefix: str) -> list[bytes]:
