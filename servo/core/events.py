@@ -163,6 +163,38 @@ class Catalog:
             raise
 
     def _parse(self, obj: dict[str, Any], event_id: str) -> Event:
+        # Fast path: a well-formed envelope is built after one pass of exact type
+        # checks; anything else goes through the slow path, which names the problem.
+        get = obj.get
+        event_type = get("event_type")
+        compiled = self._compiled.get(event_type) if type(event_type) is str else None
+        if compiled is not None and not compiled.spec.derived:
+            tenant, workspace, data = get("tenant_id"), get("workspace_id"), get("data")
+            key, stamp, version = get("idempotency_key"), get("occurred_at"), get("schema_version", 1)
+            source, traceparent = get("source", ""), get("traceparent")
+            if (
+                type(tenant) is str
+                and tenant
+                and type(workspace) is str
+                and workspace
+                and type(data) is dict
+                and type(key) is str
+                and key
+                and type(version) is int
+                and version == 1
+                and type(source) is str
+                and (traceparent is None or type(traceparent) is str)
+                and type(stamp) is str
+            ):
+                try:
+                    occurred_at = datetime.fromisoformat(stamp)
+                except ValueError:
+                    occurred_at = None
+                if occurred_at is not None and occurred_at.tzinfo is UTC and compiled.validate(data) is None:
+                    return Event(event_id, event_type, tenant, workspace, key, occurred_at, data, source, traceparent, 1)
+        return self._parse_slow(obj, event_id)
+
+    def _parse_slow(self, obj: dict[str, Any], event_id: str) -> Event:
         event_type = obj.get("event_type")
         if not isinstance(event_type, str):
             raise InvalidEvent("event_type must be a string")
