@@ -192,13 +192,15 @@ class Projection:
         late: set[str] = set()
         history = self._history if self.keep_history else None
         partitions = self.partitions
+        handles = self.engine.handles
         for event in events:
-            if not self.engine.handles(event.event_type):
+            if not handles(event.event_type):
                 self._invalid(
                     Rejection(event.event_id, "UNKNOWN_EVENT_TYPE", event.event_type, "not a Layer 1 event")
                 )
                 continue
-            key = partition_key(event)
+            run_id = event.data.get("run_id")
+            key = run_id if type(run_id) is str else partition_key(event)
             part = partitions.get(key)
             if part is None:
                 part = partitions[key] = Partition(key)
