@@ -167,8 +167,8 @@ class Catalog:
         # checks; anything else goes through the slow path, which names the problem.
         get = obj.get
         event_type = get("event_type")
-        compiled = self._compiled.get(event_type) if type(event_type) is str else None
-        if compiled is not None and not compiled.spec.derived:
+        compiled = self._compiled.get(event_type) if isinstance(event_type, str) else None
+        if compiled is not None and not compiled.spec.derived and isinstance(event_type, str):
             tenant, workspace, data = get("tenant_id"), get("workspace_id"), get("data")
             key, stamp, version = get("idempotency_key"), get("occurred_at"), get("schema_version", 1)
             source, traceparent = get("source", ""), get("traceparent")
