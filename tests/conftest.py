@@ -12,7 +12,7 @@ from servo.core.events import Catalog
 from servo.core.rules import default_spec, registry
 from servo.spec import Spec
 
-pytest_plugins = ["backends"]
+pytest_plugins = ["backends", "queue_fixtures"]
 
 settings.register_profile(
     "ci",

@@ -1,0 +1,311 @@
+"""The embedded durable queue: one SQLite file, at-least-once delivery at schedule time.
+
+One table holds every task. A row is *pending* until it is acked (``done``) or
+deleted (``deleted``); ended rows stay as tombstones for ``name_retention`` so
+a re-create of the same name within that window still answers "already there"
+(INV-4), as Cloud Tasks does for about an hour on API-created queues.
+
+How delivery works: ``due_at`` is when a pending row may next be leased — its
+schedule time at first. ``lease`` moves ``due_at`` to the lease's expiry and
+stamps a fresh ``lease_token``, in one ``BEGIN IMMEDIATE`` transaction, so two
+workers (threads or processes) never lease the same row at once. ``ack`` ends
+the row and ``nack`` sets ``due_at`` to the retry time, both only if the token
+still matches. A holder that crashes does nothing, and the row simply becomes
+due again when the lease expires: that is the at-least-once guarantee, and it
+survives process restarts because the lease is in the file, not in memory.
+
+Durability: WAL journal with ``synchronous=FULL``, so a committed create, ack
+or nack survives power loss. Each ``SqliteQueue`` owns one connection guarded
+by a lock, so it may be shared by threads; several processes (or several
+``SqliteQueue`` objects) on one file serialise their writes through SQLite's
+own lock, waiting up to ``busy_timeout`` seconds. Use a local filesystem:
+SQLite's WAL does not work over network filesystems.
+
+``SqliteQueue(":memory:")`` is an in-process queue with the same behaviour and
+no file, for tests and for users who want no disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from os import PathLike, fspath
+from pathlib import Path
+from typing import Final
+
+from servo.queue._protocol import Lease, QueuedTask, QueueError, require_aware, validate_task_name
+
+__all__ = ["SqliteQueue"]
+
+_SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name        TEXT PRIMARY KEY,
+    target      TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    schedule_at INTEGER NOT NULL,           -- µs since the epoch, UTC
+    due_at      INTEGER NOT NULL,           -- next time the row may be leased
+    attempts    INTEGER NOT NULL DEFAULT 0, -- leases handed out so far
+    lease_token TEXT,
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'done', 'deleted')),
+    ended_at    INTEGER                     -- when it stopped being pending
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_at) WHERE state != 'pending';
+"""
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_PURGE_BATCH: Final = 100  # tombstones dropped per create, so no one call pays for a backlog
+
+
+def _micros(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqliteQueue:
+    """A ``TaskQueue`` and ``LeasingQueue`` in one SQLite file (see the module docs).
+
+    ``name_retention`` is how long an ended task's name stays reserved.
+    ``clock`` stamps creates, acks and deletes (tests inject one); ``lease``
+    takes ``now`` explicitly so a worker decides what "due" means.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        name_retention: timedelta = timedelta(hours=1),
+        busy_timeout: float = 30.0,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if name_retention < timedelta(0) or busy_timeout < 0:
+            raise ValueError("name_retention and busy_timeout must not be negative")
+        self.path: Final = fspath(path)
+        self._retention_us = name_retention // timedelta(microseconds=1)
+        self._clock = clock
+        self._lock = threading.Lock()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Autocommit mode: every transaction below is an explicit BEGIN.
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise QueueError(f"cannot open queue {self.path}: {error}") from error
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SqliteQueue({self.path!r})"
+
+    def __enter__(self) -> SqliteQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; idempotent. Pending tasks and leases stay in the file."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _setup(self) -> None:
+        with self._connection() as db:
+            # journal_mode cannot change inside a transaction; it persists in the file.
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            version = self._schema_version(db)
+        if version == _SCHEMA_VERSION:
+            return  # the usual case: no write lock needed to open a queue
+        with self._transaction() as db:
+            if self._schema_version(db) < _SCHEMA_VERSION:
+                # One statement at a time: executescript would COMMIT our transaction.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def _schema_version(self, db: sqlite3.Connection) -> int:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > _SCHEMA_VERSION:
+            raise QueueError(
+                f"queue {self.path} has schema version {version}; "
+                f"this Servo understands up to {_SCHEMA_VERSION}"
+            )
+        return version
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held exclusively by this thread; sqlite errors become ``QueueError``."""
+        with self._lock:
+            if self._db is None:
+                raise QueueError(f"queue {self.path} is closed")
+            try:
+                yield self._db
+            except sqlite3.Error as error:
+                raise QueueError(f"queue {self.path} failed: {error}") from error
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front, so
+        two writers never both read a row and then both act on it."""
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # also after a failed COMMIT: never leave one open
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+
+    # --- TaskQueue ------------------------------------------------------------
+
+    def create_task(self, name: str, target: str, payload: bytes, schedule_time: datetime) -> bool:
+        """See ``TaskQueue.create_task``. A name pending or ended within retention → False."""
+        validate_task_name(name)
+        schedule_at = _micros(require_aware(schedule_time))
+        now = _micros(require_aware(self._clock(), "clock()"))
+        with self._transaction() as db:
+            row = db.execute("SELECT state, ended_at FROM tasks WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                state, ended_at = row
+                if state == "pending" or ended_at > now - self._retention_us:
+                    return False
+                db.execute("DELETE FROM tasks WHERE name = ?", (name,))
+            db.execute(
+                "INSERT INTO tasks (name, target, payload, schedule_at, due_at, state)"
+                " VALUES (?, ?, ?, ?, ?, 'pending')",
+                (name, target, bytes(payload), schedule_at, schedule_at),
+            )
+            self._purge(db, now, _PURGE_BATCH)
+        return True
+
+    def delete_task(self, name: str) -> bool:
+        """See ``TaskQueue.delete_task``; the name stays reserved for ``name_retention``."""
+        validate_task_name(name)
+        now = _micros(require_aware(self._clock(), "clock()"))
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET state = 'deleted', ended_at = ?, payload = x'', lease_token = NULL"
+                " WHERE name = ? AND state = 'pending'",
+                (now, name),
+            )
+            return cursor.rowcount == 1
+
+    def get_task(self, name: str) -> QueuedTask | None:
+        """See ``TaskQueue.get_task``."""
+        validate_task_name(name)
+        with self._connection() as db:
+            row = db.execute(
+                "SELECT target, payload, schedule_at, attempts FROM tasks"
+                " WHERE name = ? AND state = 'pending'",
+                (name,),
+            ).fetchone()
+        if row is None:
+            return None
+        target, payload, schedule_at, attempts = row
+        return QueuedTask(name, target, bytes(payload), _from_micros(schedule_at), attempts)
+
+    # --- LeasingQueue ---------------------------------------------------------
+
+    def lease(self, now: datetime, max_tasks: int = 1, lease_seconds: float = 60.0) -> list[Lease]:
+        """See ``LeasingQueue.lease``: the earliest-due tasks, each under a fresh token."""
+        if max_tasks < 1 or lease_seconds <= 0:
+            raise ValueError("lease needs max_tasks >= 1 and lease_seconds > 0")
+        now_us = _micros(require_aware(now, "now"))
+        expires_at = require_aware(now, "now") + timedelta(seconds=lease_seconds)
+        expires_us = _micros(expires_at)
+        leases: list[Lease] = []
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT name, target, payload, schedule_at, attempts FROM tasks"
+                " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, name LIMIT ?",
+                (now_us, max_tasks),
+            ).fetchall()
+            for name, target, payload, schedule_at, attempts in rows:
+                token = uuid.uuid4().hex
+                db.execute(
+                    "UPDATE tasks SET due_at = ?, attempts = attempts + 1, lease_token = ?"
+                    " WHERE name = ?",
+                    (expires_us, token, name),
+                )
+                task = QueuedTask(
+                    name, target, bytes(payload), _from_micros(schedule_at), attempts + 1
+                )
+                leases.append(Lease(task, token, expires_at))
+        return leases
+
+    def ack(self, lease: Lease) -> bool:
+        """See ``LeasingQueue.ack``. The row becomes a tombstone; its payload is dropped."""
+        now = _micros(require_aware(self._clock(), "clock()"))
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET state = 'done', ended_at = ?, payload = x'', lease_token = NULL"
+                " WHERE name = ? AND lease_token = ? AND state = 'pending'",
+                (now, lease.task.name, lease.token),
+            )
+            return cursor.rowcount == 1
+
+    def nack(self, lease: Lease, retry_at: datetime) -> bool:
+        """See ``LeasingQueue.nack``."""
+        retry_us = _micros(require_aware(retry_at, "retry_at"))
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET due_at = ?, lease_token = NULL"
+                " WHERE name = ? AND lease_token = ? AND state = 'pending'",
+                (retry_us, lease.task.name, lease.token),
+            )
+            return cursor.rowcount == 1
+
+    def next_due(self) -> datetime | None:
+        """See ``LeasingQueue.next_due``."""
+        with self._connection() as db:
+            (due_at,) = db.execute(
+                "SELECT min(due_at) FROM tasks WHERE state = 'pending'"
+            ).fetchone()
+        return None if due_at is None else _from_micros(due_at)
+
+    def depth(self) -> int:
+        """See ``LeasingQueue.depth``."""
+        with self._connection() as db:
+            (count,) = db.execute("SELECT count(*) FROM tasks WHERE state = 'pending'").fetchone()
+        return int(count)
+
+    # --- housekeeping ---------------------------------------------------------
+
+    def purge(self) -> int:
+        """Drop every tombstone older than ``name_retention``; return how many.
+
+        ``create_task`` already drops a few per call, so this is only needed to
+        reclaim space on a queue that has stopped receiving creates.
+        """
+        now = _micros(require_aware(self._clock(), "clock()"))
+        with self._transaction() as db:
+            return self._purge(db, now, None)
+
+    def _purge(self, db: sqlite3.Connection, now: int, limit: int | None) -> int:
+        cursor = db.execute(
+            "DELETE FROM tasks WHERE name IN (SELECT name FROM tasks"
+            " WHERE state != 'pending' AND ended_at <= ? LIMIT ?)",
+            (now - self._retention_us, -1 if limit is None else limit),
+        )
+        return cursor.rowcount

@@ -1,0 +1,325 @@
+"""The embedded SQLite queue beyond the shared contract: leases, crashes, restarts,
+processes, retention and durability settings."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from servo.queue import Lease, QueuedTask, QueueError, SqliteQueue
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+SOME_LEASE = Lease(QueuedTask("t_some", "target", b"", T0), "token", T0)
+
+
+class Clock:
+    """A settable clock for the queue's own timestamps."""
+
+    def __init__(self, at: datetime = T0) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_created_task_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with SqliteQueue(path) as queue:
+        assert queue.create_task("t_kept", "target", b"payload", T0)
+    with SqliteQueue(path) as reopened:
+        task = reopened.get_task("t_kept")
+        assert task is not None
+        assert (task.target, task.payload, task.schedule_time) == ("target", b"payload", T0)
+        assert reopened.create_task("t_kept", "target", b"payload", T0) is False
+        assert reopened.depth() == 1
+
+
+def test_lease_without_ack_is_redelivered_after_the_lease_expires_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A crash between lease and ack loses nothing: reopen, and after the lease the task is back."""
+    path = tmp_path / "queue.db"
+    with SqliteQueue(path) as queue:
+        queue.create_task("t_crash", "target", b"work", T0)
+        (lease,) = queue.lease(T0, lease_seconds=30)
+        assert lease.task.dispatch_count == 1
+        # "crash": close without ack or nack
+    with SqliteQueue(path) as reopened:
+        assert reopened.lease(T0 + timedelta(seconds=29)) == []
+        (again,) = reopened.lease(T0 + timedelta(seconds=30))
+        assert again.task.name == "t_crash"
+        assert again.task.payload == b"work"
+        assert again.task.dispatch_count == 2
+        assert again.token != lease.token
+        assert reopened.ack(again) is True
+        assert reopened.depth() == 0
+
+
+def test_a_process_killed_between_lease_and_ack_has_its_task_redelivered(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with SqliteQueue(path) as queue:
+        queue.create_task("t_killed", "target", b"work", T0)
+    code = (
+        "import os, sys\n"
+        "from datetime import datetime, UTC\n"
+        "from servo.queue import SqliteQueue\n"
+        "queue = SqliteQueue(sys.argv[1])\n"
+        "leases = queue.lease(datetime(2030, 1, 1, tzinfo=UTC), lease_seconds=60)\n"
+        "print(len(leases), flush=True)\n"
+        "os._exit(9)  # die holding the lease: no ack, no close\n"
+    )
+    result = run_python(code, str(path))
+    assert (result.returncode, result.stdout.strip()) == (9, "1"), result.stderr
+    with SqliteQueue(path) as queue:
+        assert queue.lease(T0 + timedelta(seconds=59)) == []
+        (lease,) = queue.lease(T0 + timedelta(seconds=60))
+        assert (lease.task.name, lease.task.dispatch_count) == ("t_killed", 2)
+
+
+def test_concurrent_creates_of_one_name_from_processes_create_exactly_one(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    SqliteQueue(path).close()  # create the schema once, as a deployment would
+    code = (
+        "import sys\n"
+        "from datetime import datetime, UTC\n"
+        "from servo.queue import SqliteQueue\n"
+        "queue = SqliteQueue(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()  # the starting gun\n"
+        "print(queue.create_task('t_proc_race', 'target', sys.argv[2].encode(),"
+        " datetime(2030, 1, 1, tzinfo=UTC)), flush=True)\n"
+        "queue.close()\n"
+    )
+    count = 4
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-W", "error", "-c", code, str(path), str(i)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=60) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert [p.returncode for p in processes] == [0] * count, [err for _, err in outputs]
+    results = [out.strip() for out, _ in outputs]
+    assert sorted(results) == ["False"] * (count - 1) + ["True"]
+    with SqliteQueue(path) as queue:
+        task = queue.get_task("t_proc_race")
+        assert task is not None
+        assert task.payload == str(results.index("True")).encode()
+        assert queue.depth() == 1
+
+
+def test_threads_leasing_together_never_get_the_same_task(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with SqliteQueue(path) as queue:
+        for i in range(60):
+            queue.create_task(f"t_{i:02d}", "target", b"", T0)
+    queues = [SqliteQueue(path) for _ in range(6)]
+    barrier = threading.Barrier(len(queues))
+
+    def drain(queue: SqliteQueue) -> list[str]:
+        barrier.wait()
+        names: list[str] = []
+        while leases := queue.lease(T0, max_tasks=3):
+            names += [lease.task.name for lease in leases]
+        return names
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(queues)) as pool:
+            leased = [name for names in pool.map(drain, queues) for name in names]
+    finally:
+        for queue in queues:
+            queue.close()
+    assert sorted(leased) == [f"t_{i:02d}" for i in range(60)]
+
+
+def test_lease_hands_out_due_tasks_earliest_first_up_to_max_tasks(tmp_path: Path) -> None:
+    with SqliteQueue(tmp_path / "q.db") as queue:
+        queue.create_task("t_late", "target", b"", T0 + timedelta(seconds=2))
+        queue.create_task("t_early", "target", b"", T0 + timedelta(seconds=1))
+        queue.create_task("t_future", "target", b"", T0 + timedelta(hours=1))
+        assert queue.lease(T0) == []
+        assert queue.next_due() == T0 + timedelta(seconds=1)
+        leases = queue.lease(T0 + timedelta(seconds=5), max_tasks=10)
+        assert [lease.task.name for lease in leases] == ["t_early", "t_late"]
+        assert all(lease.expires_at == T0 + timedelta(seconds=65) for lease in leases)
+        assert queue.depth() == 3  # leased tasks are still pending
+
+
+def test_nack_makes_the_task_due_again_at_retry_time(tmp_path: Path) -> None:
+    with SqliteQueue(tmp_path / "q.db") as queue:
+        queue.create_task("t_nack", "target", b"", T0)
+        (lease,) = queue.lease(T0)
+        assert queue.nack(lease, T0 + timedelta(seconds=3)) is True
+        assert queue.next_due() == T0 + timedelta(seconds=3)
+        assert queue.lease(T0 + timedelta(seconds=2)) == []
+        (again,) = queue.lease(T0 + timedelta(seconds=3))
+        assert again.task.dispatch_count == 2
+        assert queue.nack(lease, T0) is False  # the old delivery is no longer current
+
+
+def test_ack_with_a_superseded_lease_is_refused(tmp_path: Path) -> None:
+    with SqliteQueue(tmp_path / "q.db") as queue:
+        queue.create_task("t_slow", "target", b"", T0)
+        (first,) = queue.lease(T0, lease_seconds=1)
+        (second,) = queue.lease(T0 + timedelta(seconds=1), lease_seconds=60)
+        assert queue.ack(first) is False
+        assert queue.get_task("t_slow") is not None
+        assert queue.ack(second) is True
+        assert queue.ack(second) is False
+        assert queue.get_task("t_slow") is None
+
+
+def test_ack_after_expiry_still_counts_when_nobody_took_the_task_over(tmp_path: Path) -> None:
+    with SqliteQueue(tmp_path / "q.db") as queue:
+        queue.create_task("t_late_ack", "target", b"", T0)
+        (lease,) = queue.lease(T0, lease_seconds=1)
+        assert queue.ack(lease) is True
+        assert queue.lease(T0 + timedelta(hours=1)) == []
+
+
+def test_deleted_task_cannot_be_acked(tmp_path: Path) -> None:
+    with SqliteQueue(tmp_path / "q.db") as queue:
+        queue.create_task("t_del", "target", b"", T0)
+        (lease,) = queue.lease(T0)
+        assert queue.delete_task("t_del") is True
+        assert queue.ack(lease) is False
+        assert queue.depth() == 0
+
+
+def test_an_ended_name_is_reserved_for_the_retention_window_then_free(tmp_path: Path) -> None:
+    clock = Clock()
+    with SqliteQueue(tmp_path / "q.db", name_retention=timedelta(hours=1), clock=clock) as queue:
+        queue.create_task("t_reuse", "target", b"1", T0)
+        (lease,) = queue.lease(T0)
+        queue.ack(lease)
+        clock.at = T0 + timedelta(minutes=59, seconds=59)
+        assert queue.create_task("t_reuse", "target", b"2", T0) is False
+        clock.at = T0 + timedelta(hours=1)
+        assert queue.create_task("t_reuse", "target", b"3", T0) is True
+        task = queue.get_task("t_reuse")
+        assert task is not None
+        assert (task.payload, task.dispatch_count) == (b"3", 0)
+
+
+def test_purge_drops_only_tombstones_past_retention(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "q.db"
+    with SqliteQueue(path, name_retention=timedelta(minutes=10), clock=clock) as queue:
+        for name in ("t_a", "t_b", "t_pending"):
+            queue.create_task(name, "target", b"x" * 1000, T0)
+        queue.delete_task("t_a")
+        clock.at = T0 + timedelta(minutes=5)
+        queue.delete_task("t_b")
+        clock.at = T0 + timedelta(minutes=12)
+        assert queue.purge() == 1
+        assert queue.purge() == 0
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT name, state, length(payload) FROM tasks ORDER BY name").fetchall()
+    db.close()
+    assert rows == [("t_b", "deleted", 0), ("t_pending", "pending", 1000)]
+
+
+def test_the_file_uses_wal_journal_and_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    with SqliteQueue(path) as queue:
+        queue.create_task("t_wal", "target", b"", T0)
+        with sqlite3.connect(path) as db:
+            (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+        db.close()
+        assert mode == "wal"
+        with queue._connection() as own:  # synchronous is per connection
+            assert own.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+
+
+def test_memory_queue_needs_no_file(tmp_path: Path) -> None:
+    with SqliteQueue(":memory:") as queue:
+        assert queue.create_task("t_mem", "target", b"", T0) is True
+        assert queue.create_task("t_mem", "target", b"", T0) is False
+        assert [lease.task.name for lease in queue.lease(T0)] == ["t_mem"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    SqliteQueue(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(QueueError, match="schema version 99"):
+        SqliteQueue(path)
+
+
+def test_a_closed_queue_raises_queue_error(tmp_path: Path) -> None:
+    queue = SqliteQueue(tmp_path / "q.db")
+    queue.close()
+    queue.close()  # idempotent
+    with pytest.raises(QueueError, match="closed"):
+        queue.create_task("t_x", "target", b"", T0)
+
+
+def test_a_locked_database_surfaces_as_queue_error(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    SqliteQueue(path).close()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with (
+            SqliteQueue(path, busy_timeout=0.05) as queue,
+            pytest.raises(QueueError, match="locked"),
+        ):
+            queue.create_task("t_blocked", "target", b"", T0)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda q: q.lease(T0, max_tasks=0),
+        lambda q: q.lease(T0, lease_seconds=0),
+        lambda q: q.lease(datetime(2030, 1, 1)),
+        lambda q: q.nack(SOME_LEASE, datetime(2030, 1, 1)),
+    ],
+    ids=["max_tasks", "lease_seconds", "naive-now", "naive-retry"],
+)
+def test_bad_lease_arguments_raise_value_error(
+    tmp_path: Path, call: Callable[[SqliteQueue], object]
+) -> None:
+    with SqliteQueue(tmp_path / "q.db") as queue, pytest.raises(ValueError):
+        call(queue)
