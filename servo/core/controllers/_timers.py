@@ -1,0 +1,250 @@
+"""Durable timers: retry and heartbeat-check intents, and the timer handler.
+
+Every timer acts only once the projection watermark is at or past its fire_at
+(INV-9); before that the handler reschedules it with a new, later timer. So a
+heartbeat that is in the ledger but not yet folded can never fail its task: by the
+time the check acts, every event up to fire_at is in the projection it reads.
+
+Times come from the view, never from a clock: an attempt ended at the instant of the
+event that ended it (the task's row_version, a ULID), it was dispatched at the
+instant in its attempt_id (a ULID minted at dispatch), and its last sign of life is
+the newest of that, started_at and last_heartbeat_at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime, timedelta
+
+from servo.core.controllers._emit import ControllerConfig, Emitter
+from servo.core.controllers._view import ProjectionView, TaskRecord, TimerRecord
+from servo.core.events import Event, format_timestamp
+from servo.core.ids import (
+    heartbeat_timer_id,
+    is_ulid,
+    retry_backoff,
+    retry_timer_id,
+    ulid_timestamp,
+)
+
+__all__ = [
+    "attempt_ended_at",
+    "derived_jitter",
+    "heartbeat_intents",
+    "last_sign_of_life",
+    "on_timer_fired",
+    "retry_delay",
+    "retry_intents",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_JITTER_BITS = 53  # a double holds 53 bits exactly: k / 2**53 < 1 for every k
+
+
+def derived_jitter(run_id: str, task_key: str, attempt: int) -> float:
+    """Jitter in [0, 1) that is a pure function of the attempt (no random source).
+
+    Different tasks (and attempts) spread their retries; replicas agree on the value.
+
+    post: 0.0 <= __return__ < 1.0
+    """
+    digest = hashlib.sha256(f"{run_id}\x00{task_key}\x00{attempt}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> (64 - _JITTER_BITS)) / float(2**_JITTER_BITS)
+
+
+def retry_delay(task: TaskRecord, config: ControllerConfig) -> timedelta:
+    """Backoff after the task's current (failed) attempt, capped, jittered, in ms."""
+    seconds = retry_backoff(
+        max(task.attempt, 1),
+        base_sec=config.retry_base_sec,
+        factor=config.retry_factor,
+        cap_sec=config.retry_cap_sec,
+        jitter=derived_jitter(task.run_id, task.task_key, task.attempt),
+    )
+    return timedelta(milliseconds=round(seconds * 1000))
+
+
+def attempt_ended_at(task: TaskRecord, now: datetime) -> datetime:
+    """When the task's current attempt ended: the instant of its row_version event."""
+    if is_ulid(task.row_version):
+        return ulid_timestamp(task.row_version)
+    return task.finished_at or now
+
+
+def last_sign_of_life(task: TaskRecord, now: datetime) -> datetime:
+    """The newest of dispatch time (from attempt_id), started_at and last_heartbeat_at."""
+    signs = [t for t in (task.last_heartbeat_at, task.started_at) if t is not None]
+    if task.attempt_id is not None and is_ulid(task.attempt_id):
+        signs.append(ulid_timestamp(task.attempt_id))
+    if not signs:
+        signs.append(task.ready_at or now)
+    return max(signs)
+
+
+def _epoch_floor(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(seconds=1)
+
+
+def _epoch_ceil(at: datetime) -> int:
+    return math.ceil((at - _EPOCH) / timedelta(seconds=1))
+
+
+def _at(epoch: int) -> datetime:
+    return _EPOCH + timedelta(seconds=epoch)
+
+
+def _run_is_running(view: ProjectionView, run_id: str) -> bool:
+    run = view.runs.get(run_id)
+    return run is not None and run.state == "RUNNING"
+
+
+def _timer_request(emit: Emitter, timer_id: str, timer_type: str, task: TaskRecord | TimerRecord,
+                   attempt: int | None, fire_at: datetime) -> Event:
+    return emit.emit(
+        "TimerRequested",
+        {
+            "timer_id": timer_id,
+            "timer_type": timer_type,
+            "run_id": task.run_id,
+            "task_key": task.task_key,
+            "attempt": attempt,
+            "fire_at": format_timestamp(fire_at),
+        },
+    )
+
+
+# ------------------------------------------------------------------ intents --
+
+
+def retry_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
+    """A RETRY timer for every RETRY_WAIT task that has no scheduled one for its attempt."""
+    out: list[Event] = []
+    for task in view.tasks.values():
+        if task.state != "RETRY_WAIT" or not _run_is_running(view, task.run_id):
+            continue
+        timers = view.timers_of("RETRY", task.run_id, task.task_key, task.attempt)
+        if any(t.state == "SCHEDULED" for t in timers):
+            continue
+        fire_at = attempt_ended_at(task, emit.now) + retry_delay(task, emit.config)
+        epoch = max([_epoch_floor(fire_at), *(_epoch_floor(t.fire_at) + 1 for t in timers)])
+        if epoch != _epoch_floor(fire_at):
+            fire_at = _at(epoch)
+        timer_id = retry_timer_id(task.run_id, task.task_key, task.attempt, epoch)
+        out.append(_timer_request(emit, timer_id, "RETRY", task, task.attempt, fire_at))
+    return out
+
+
+def _next_heartbeat_check(task: TaskRecord, after: datetime, timers: tuple[TimerRecord, ...]) -> tuple[int, datetime]:
+    """The first whole second at or after `after` that no check of this attempt used."""
+    epoch = max([_epoch_ceil(after), *(_epoch_floor(t.fire_at) + 1 for t in timers)])
+    return epoch, _at(epoch)
+
+
+def heartbeat_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
+    """A HEARTBEAT_CHECK timer for every live attempt without a scheduled one.
+
+    It fires `heartbeat_timeout_sec` after the attempt's last sign of life; a task
+    with a zero timeout is not watched.
+    """
+    out: list[Event] = []
+    for task in view.tasks.values():
+        if not task.is_live or task.heartbeat_timeout_sec <= 0 or not _run_is_running(view, task.run_id):
+            continue
+        timers = view.timers_of("HEARTBEAT_CHECK", task.run_id, task.task_key, task.attempt)
+        if any(t.state == "SCHEDULED" for t in timers):
+            continue
+        due = last_sign_of_life(task, emit.now) + timedelta(seconds=task.heartbeat_timeout_sec)
+        epoch, fire_at = _next_heartbeat_check(task, due, timers)
+        timer_id = heartbeat_timer_id(task.run_id, task.task_key, task.attempt, epoch)
+        out.append(_timer_request(emit, timer_id, "HEARTBEAT_CHECK", task, task.attempt, fire_at))
+    return out
+
+
+# ------------------------------------------------------------------ handler --
+
+
+def _reschedule(timer: TimerRecord, emit: Emitter) -> list[Event]:
+    """A new timer of the same kind, later than both fire_at and now (INV-9)."""
+    if timer.run_id is None or timer.task_key is None or timer.attempt is None:
+        return []  # run-less timers (cron) belong to Layer 2's handlers
+    # At least a second past both fire_at and now: the new id differs from this one.
+    epoch = _epoch_ceil(max(timer.fire_at, emit.now)) + max(1, emit.config.lag_recheck_sec)
+    make_id = retry_timer_id if timer.timer_type == "RETRY" else heartbeat_timer_id
+    timer_id = make_id(timer.run_id, timer.task_key, timer.attempt, epoch)
+    return [_timer_request(emit, timer_id, timer.timer_type, timer, timer.attempt, _at(epoch))]
+
+
+def _fired(timer: TimerRecord, emit: Emitter) -> Event:
+    return emit.emit(
+        "TimerFired",
+        {
+            "timer_id": timer.timer_id,
+            "timer_type": timer.timer_type,
+            "run_id": timer.run_id,
+            "task_key": timer.task_key,
+            "attempt": timer.attempt,
+        },
+    )
+
+
+def _heartbeat_verdict(view: ProjectionView, timer: TimerRecord, emit: Emitter) -> list[Event]:
+    """AttemptTimedOut if the checked attempt showed no life since fire_at - timeout,
+    else the next check; nothing if the attempt is no longer the live one."""
+    if timer.run_id is None or timer.task_key is None:
+        return []
+    task = view.task(timer.run_id, timer.task_key)
+    if task is None or not task.is_live or task.attempt != timer.attempt or not _run_is_running(view, task.run_id):
+        return []
+    timeout = timedelta(seconds=task.heartbeat_timeout_sec)
+    alive_at = last_sign_of_life(task, emit.now)
+    if alive_at > timer.fire_at - timeout:
+        timers = view.timers_of("HEARTBEAT_CHECK", task.run_id, task.task_key, task.attempt)
+        epoch, fire_at = _next_heartbeat_check(task, alive_at + timeout, timers)
+        timer_id = heartbeat_timer_id(task.run_id, task.task_key, task.attempt, epoch)
+        return [_timer_request(emit, timer_id, "HEARTBEAT_CHECK", task, task.attempt, fire_at)]
+    return [
+        emit.emit(
+            "AttemptTimedOut",
+            {
+                "run_id": task.run_id,
+                "task_key": task.task_key,
+                "attempt": task.attempt,
+                "attempt_id": task.attempt_id,
+                "reason": "HEARTBEAT_TIMEOUT" if task.state == "RUNNING" else "DISPATCH_TIMEOUT",
+            },
+        )
+    ]
+
+
+def on_timer_fired(
+    view: ProjectionView,
+    timer: TimerRecord,
+    now: datetime,
+    watermark: datetime,
+    *,
+    tenant: str,
+    workspace: str,
+    config: ControllerConfig,
+    source: str = "timer-handler",
+) -> list[Event]:
+    """What the handler emits when the queue delivers `timer` (at `now`).
+
+    - not SCHEDULED (already fired or cancelled): nothing; a duplicate delivery.
+    - watermark < fire_at: a later timer of the same kind, nothing else (INV-9).
+    - RETRY: TimerFired (the fold moves the task RETRY_WAIT -> READY).
+    - HEARTBEAT_CHECK: the verdict (AttemptTimedOut or the next check), then TimerFired.
+
+    TimerFired comes last so a crash part-way leaves the timer SCHEDULED and the
+    redelivered handler decides again (its events repeat under the same keys).
+    """
+    if timer.state != "SCHEDULED":
+        return []
+    emit = Emitter(config, tenant, workspace, now, source)
+    if watermark < timer.fire_at:
+        return _reschedule(timer, emit)
+    out: list[Event] = []
+    if timer.timer_type == "HEARTBEAT_CHECK":
+        out.extend(_heartbeat_verdict(view, timer, emit))
+    out.append(_fired(timer, emit))
+    return out

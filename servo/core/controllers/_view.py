@@ -1,0 +1,262 @@
+"""A read-only view of the Layer 1 tables, the only input controllers get (INV-7, P5).
+
+The view is built from rows: either the tables the compactor publishes (JSON rows from
+`Projection.tables()` / `servo fold --json`, or rows read back from Parquet, whose
+timestamps are datetimes) or, without the JSON round trip, the live rows of an
+in-memory `Projection`. Both give equal views (a test pins it). Records are frozen:
+a controller cannot write the projection, only return events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from servo.core.events import parse_timestamp
+from servo.core.fold import Projection
+
+__all__ = ["OutboxRecord", "ProjectionView", "RunRecord", "TaskRecord", "TimerRecord"]
+
+TERMINAL_TASK_STATES = frozenset({"SKIPPED", "CANCELLED", "FAILED", "SUCCEEDED"})
+LIVE_TASK_STATES = frozenset({"DISPATCHED", "RUNNING"})
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """The columns of a `tasks` row that controllers use."""
+
+    run_id: str
+    task_key: str
+    state: str
+    attempt: int
+    attempt_id: str | None
+    deps_total: int
+    deps_satisfied_count: int
+    max_attempts: int
+    heartbeat_timeout_sec: int
+    last_heartbeat_at: datetime | None
+    ready_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker_queue: str | None
+    row_version: str
+
+    @property
+    def is_live(self) -> bool:
+        """An attempt is in flight (DISPATCHED or RUNNING)."""
+        return self.state in LIVE_TASK_STATES
+
+    @property
+    def is_terminal(self) -> bool:
+        """SKIPPED, CANCELLED, FAILED or SUCCEEDED."""
+        return self.state in TERMINAL_TASK_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """The columns of a `runs` row that controllers use."""
+
+    run_id: str
+    plan_id: str
+    state: str
+    row_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """A `dispatch_outbox` row."""
+
+    dispatch_id: str
+    cloud_task_id: str
+    run_id: str
+    task_key: str
+    attempt: int
+    attempt_id: str
+    worker_queue: str
+    status: str
+    row_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRecord:
+    """A `timers` row."""
+
+    timer_id: str
+    cloud_task_id: str
+    timer_type: str
+    run_id: str | None
+    task_key: str | None
+    attempt: int | None
+    fire_at: datetime
+    state: str
+    row_version: str
+
+
+def _ts(value: object, what: str) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return parse_timestamp(value, what)
+
+
+def _req_ts(value: object, what: str) -> datetime:
+    out = _ts(value, what)
+    if out is None:
+        raise ValueError(f"{what} is required")
+    return out
+
+
+class ProjectionView:
+    """Runs, tasks, outbox rows and timers by key, plus the lookups controllers need."""
+
+    __slots__ = ("_timers_by_attempt", "outbox", "runs", "tasks", "timers")
+
+    def __init__(
+        self,
+        runs: Iterable[RunRecord],
+        tasks: Iterable[TaskRecord],
+        outbox: Iterable[OutboxRecord],
+        timers: Iterable[TimerRecord],
+    ) -> None:
+        self.runs: Mapping[str, RunRecord] = MappingProxyType({r.run_id: r for r in runs})
+        self.tasks: Mapping[tuple[str, str], TaskRecord] = MappingProxyType(
+            {(t.run_id, t.task_key): t for t in sorted(tasks, key=lambda t: (t.run_id, t.task_key))}
+        )
+        self.outbox: Mapping[str, OutboxRecord] = MappingProxyType(
+            {o.dispatch_id: o for o in sorted(outbox, key=lambda o: o.dispatch_id)}
+        )
+        ordered = sorted(timers, key=lambda t: t.timer_id)
+        self.timers: Mapping[str, TimerRecord] = MappingProxyType({t.timer_id: t for t in ordered})
+        by_attempt: dict[tuple[str, str | None, str | None, int | None], list[TimerRecord]] = {}
+        for timer in ordered:
+            by_attempt.setdefault((timer.timer_type, timer.run_id, timer.task_key, timer.attempt), []).append(timer)
+        self._timers_by_attempt = {k: tuple(v) for k, v in by_attempt.items()}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProjectionView):
+            return NotImplemented
+        return (
+            dict(self.runs) == dict(other.runs)
+            and dict(self.tasks) == dict(other.tasks)
+            and dict(self.outbox) == dict(other.outbox)
+            and dict(self.timers) == dict(other.timers)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"ProjectionView(runs={len(self.runs)}, tasks={len(self.tasks)}, "
+            f"outbox={len(self.outbox)}, timers={len(self.timers)})"
+        )
+
+    # ------------------------------------------------------------ lookups --
+
+    def task(self, run_id: str, task_key: str) -> TaskRecord | None:
+        """The task (run_id, task_key), if the projection has it."""
+        return self.tasks.get((run_id, task_key))
+
+    def timers_of(self, timer_type: str, run_id: str, task_key: str, attempt: int) -> tuple[TimerRecord, ...]:
+        """Every timer of one type for one attempt of a task, by timer_id."""
+        return self._timers_by_attempt.get((timer_type, run_id, task_key, attempt), ())
+
+    # ------------------------------------------------------- construction --
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, Iterable[Mapping[str, Any]]]) -> ProjectionView:
+        """A view of published Layer 1 tables (JSON rows or Parquet rows)."""
+        runs = [
+            RunRecord(r["run_id"], r["plan_id"], r["state"], r["row_version"]) for r in tables.get("runs", ())
+        ]
+        tasks = [
+            TaskRecord(
+                run_id=r["run_id"],
+                task_key=r["task_key"],
+                state=r["state"],
+                attempt=int(r["attempt"]),
+                attempt_id=r["attempt_id"],
+                deps_total=int(r["deps_total"]),
+                deps_satisfied_count=int(r["deps_satisfied_count"]),
+                max_attempts=int(r["max_attempts"]),
+                heartbeat_timeout_sec=int(r["heartbeat_timeout_sec"]),
+                last_heartbeat_at=_ts(r["last_heartbeat_at"], "last_heartbeat_at"),
+                ready_at=_ts(r["ready_at"], "ready_at"),
+                started_at=_ts(r["started_at"], "started_at"),
+                finished_at=_ts(r["finished_at"], "finished_at"),
+                worker_queue=r["worker_queue"],
+                row_version=r["row_version"],
+            )
+            for r in tables.get("tasks", ())
+        ]
+        outbox = [
+            OutboxRecord(
+                dispatch_id=r["dispatch_id"],
+                cloud_task_id=r["cloud_task_id"],
+                run_id=r["run_id"],
+                task_key=r["task_key"],
+                attempt=int(r["attempt"]),
+                attempt_id=r["attempt_id"],
+                worker_queue=r["worker_queue"],
+                status=r["status"],
+                row_version=r["row_version"],
+            )
+            for r in tables.get("dispatch_outbox", ())
+        ]
+        timers = [
+            TimerRecord(
+                timer_id=r["timer_id"],
+                cloud_task_id=r["cloud_task_id"],
+                timer_type=r["timer_type"],
+                run_id=r["run_id"],
+                task_key=r["task_key"],
+                attempt=None if r["attempt"] is None else int(r["attempt"]),
+                fire_at=_req_ts(r["fire_at"], "fire_at"),
+                state=r["state"],
+                row_version=r["row_version"],
+            )
+            for r in tables.get("timers", ())
+        ]
+        return cls(runs, tasks, outbox, timers)
+
+    @classmethod
+    def from_projection(cls, projection: Projection, run_ids: Iterable[str] | None = None) -> ProjectionView:
+        """A view of an in-memory projection's rows (same content as `from_tables`)."""
+        parts = (
+            projection.partitions.values()
+            if run_ids is None
+            else [projection.partitions[k] for k in run_ids if k in projection.partitions]
+        )
+        runs: list[RunRecord] = []
+        tasks: list[TaskRecord] = []
+        outbox: list[OutboxRecord] = []
+        timers: list[TimerRecord] = []
+        for part in parts:
+            if part.run is not None:
+                run = part.run
+                runs.append(RunRecord(run.run_id, run.plan_id, run.state, run.row_version))
+            for t in part.tasks.values():
+                tasks.append(
+                    TaskRecord(
+                        t.run_id, t.task_key, t.state, t.attempt, t.attempt_id, t.deps_total,
+                        t.deps_satisfied_count, t.max_attempts, t.heartbeat_timeout_sec,
+                        t.last_heartbeat_at, t.ready_at, t.started_at, t.finished_at,
+                        t.worker_queue, t.row_version,
+                    )
+                )
+            for o in part.outbox.values():
+                outbox.append(
+                    OutboxRecord(
+                        o.dispatch_id, o.cloud_task_id, o.run_id, o.task_key, o.attempt,
+                        o.attempt_id, o.worker_queue, o.state, o.row_version,
+                    )
+                )
+            for m in part.timers.values():
+                timers.append(
+                    TimerRecord(
+                        m.timer_id, m.cloud_task_id, m.timer_type, m.run_id, m.task_key,
+                        m.attempt, m.fire_at, m.state, m.row_version,
+                    )
+                )
+        return cls(runs, tasks, outbox, timers)
