@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from servo._errors import CasConflict, FencedOut, ObjectExists, ObjectNotFound
@@ -49,6 +50,7 @@ class Compactor:
         pointer_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         crash: CrashHook = _no_crash,
+        idle_publish_sec: float = 1.0,
     ) -> None:
         self.store = store
         self.spec = spec
@@ -65,6 +67,11 @@ class Compactor:
         self._pending: dict[str, None] = {}
         self._folded: set[str] = set()
         self._pointer_moved_at = float("-inf")
+        self._watermark: datetime | None = None
+        self.idle_publish_sec = idle_publish_sec
+        self.caught_up_at: datetime | None = None
+        """When this compactor last had every notified event folded and published
+        (in-process knowledge, fresher than the published watermark when idle)."""
 
     # ------------------------------------------------------------ lifecycle --
 
@@ -153,14 +160,29 @@ class Compactor:
 
     # ------------------------------------------------------------ compact --
 
-    def compact(self) -> Manifest | None:
-        """One micro-compaction of the pending events; None when there is nothing new."""
+    def compact(self, now: datetime | None = None) -> Manifest | None:
+        """One micro-compaction of the pending events; None when nothing changed.
+
+        `now` (default: the clock) is the cut: every event notified before it is folded
+        by this call, so the published watermark (`last_processed_at`, INV-9) is `now`.
+        With nothing new, a manifest is still published when the watermark would move
+        by `idle_publish_sec`, so timers see time pass on a quiet workspace.
+        """
         if self.manifest is None:
             raise RuntimeError("call start() first")
+        cut = now if now is not None else datetime.now(UTC)
         ids = [i for i in self._pending if i not in self._folded]
         if not ids:
             self._pending.clear()
-            return None
+            previous = self._watermark
+            self.caught_up_at = cut
+            if previous is not None and (cut - previous).total_seconds() < self.idle_publish_sec:
+                return None
+            self._watermark = cut
+            manifest = self._next_manifest(self.manifest.seq + 1, self.manifest.base, self.manifest.deltas)
+            self._publish(manifest)
+            return manifest
+        self._watermark = max(cut, self._watermark) if self._watermark else cut
         read = self._fold_ids(ids)
         changes = self.projection.take_changes()
         seq = self.manifest.seq + 1
@@ -173,6 +195,7 @@ class Compactor:
         self.crash("before_manifest")
         self._publish(manifest)
         self.crash("after_manifest")
+        self.caught_up_at = cut
         self._folded.update(read)
         for event_id in ids:
             self._pending.pop(event_id, None)
@@ -225,7 +248,12 @@ class Compactor:
 
     def _next_manifest(self, seq: int, base: dict[str, str], deltas: tuple[dict[str, str], ...]) -> Manifest:
         last = self.projection.last_event_id
-        watermark = format_timestamp(ulid_timestamp(last)) if is_ulid(last) else None
+        # The watermark is the last cut (every event notified before it is folded); a
+        # rebuilt compactor that has cut nothing yet falls back to its last event's time.
+        if self._watermark is not None:
+            watermark: str | None = format_timestamp(self._watermark)
+        else:
+            watermark = format_timestamp(ulid_timestamp(last)) if is_ulid(last) else None
         return Manifest(seq=seq, epoch=self.epoch, watermark=watermark, last_event_id=last, base=base, deltas=deltas)
 
     def _publish(self, manifest: Manifest) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "CallbackService",
     "Delivery",
     "ForgedCallback",
+    "StaleAttemptRejected",
     "attempt_token",
 ]
 

@@ -1,0 +1,102 @@
+"""`servo run FILE.py`: run a pipeline on the embedded default (state in ./.servo/)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from servo._errors import ServoError
+
+__all__ = ["run_command"]
+
+ORDER = ("BLOCKED", "READY", "DISPATCHED", "RUNNING", "RETRY_WAIT", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
+
+
+def _load_pipeline(path: Path, name: str | None) -> Any:
+    from servo.api import Pipeline
+
+    if not path.is_file():
+        raise ServoError(f"{path}: no such file")
+    try:
+        namespace = runpy.run_path(str(path), run_name="__servo__")
+    except ServoError:
+        raise
+    except Exception as exc:
+        raise ServoError(f"{path}: failed to load: {type(exc).__name__}: {exc}") from None
+    found = {v.name: v for v in namespace.values() if isinstance(v, Pipeline)}
+    if name is not None:
+        if name not in found:
+            raise ServoError(f"{path}: no pipeline named {name!r} (found: {', '.join(sorted(found)) or 'none'})")
+        return found[name]
+    if len(found) != 1:
+        raise ServoError(f"{path}: expected exactly one Pipeline, found {len(found)}; pass --pipeline NAME")
+    return next(iter(found.values()))
+
+
+def _progress_table(counts: Mapping[str, int], state: str) -> Table:
+    table = Table(title=f"run: {state}", show_header=True)
+    for column in ORDER:
+        table.add_column(column.lower(), justify="right")
+    table.add_row(*(str(counts.get(s, 0)) for s in ORDER))
+    return table
+
+
+def run_command(
+    file: Annotated[Path, typer.Argument(help="A Python file that declares one servo.api.Pipeline.")],
+    home: Annotated[Path, typer.Option("--home", help="Where state lives.")] = Path(".servo"),
+    pipeline_name: Annotated[str | None, typer.Option("--pipeline", help="Which pipeline, if the file has several.")] = None,
+    run_key: Annotated[str | None, typer.Option("--run-key", help="Idempotency key of the run.")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker threads.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+) -> None:
+    """Run a pipeline to completion; exit 1 if the run did not succeed."""
+    from servo.engine import EmbeddedEngine, Home
+
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        pipeline = _load_pipeline(file, pipeline_name)
+        live: Live | None = None
+        if not as_json and sys.stdout.isatty():
+            live = Live(_progress_table({}, "starting"), console=Console(), refresh_per_second=8)
+
+        def progress(counts: Mapping[str, int], state: str) -> None:
+            if live is not None:
+                live.update(_progress_table(counts, state))
+
+        engine = EmbeddedEngine(Home.open(home), pipeline, workers=workers, on_progress=progress)
+        if live is not None:
+            with live:
+                outcome = engine.run(run_key, timeout=timeout)
+        else:
+            outcome = engine.run(run_key, timeout=timeout)
+    except ServoError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    except TimeoutError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(3) from None
+    if as_json:
+        body = {"run": outcome.run, "tasks": outcome.tasks, "resumed": outcome.resumed, "seconds": round(outcome.seconds, 3)}
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+    else:
+        console = Console()
+        verb = "resumed and finished" if outcome.resumed else "finished"
+        console.print(f"run {outcome.run['run_id']} ({pipeline.name}) {verb}: [bold]{outcome.state}[/bold] in {outcome.seconds:.1f} s")
+        table = Table()
+        for column in ("task", "state", "attempts", "error"):
+            table.add_column(column)
+        for task in outcome.tasks:
+            table.add_row(task["task_key"], task["state"], str(task["attempt"]), str(task["error_message"] or ""))
+        console.print(table)
+    if outcome.state != "SUCCEEDED":
+        raise typer.Exit(1)
