@@ -9,7 +9,7 @@ event without a builder fail at class-build time, not silently go untested.
 Builders read the world only through `World`; `variant` is a small drawn integer a
 builder may use to pick an outcome, a reason, or (rarely) a wrong field. A builder
 returns None to emit nothing this time: cancel does so 7 times in 8, or most runs would
-be cancelled before anything else happens.
+be cancelled before anything else happens (likewise timeouts, 3 times in 4).
 """
 
 from __future__ import annotations
@@ -129,7 +129,12 @@ def _run_triggered(world: World, row: Row, variant: int) -> dict[str, Any]:
 
 def _plan_created(world: World, row: Row, variant: int) -> dict[str, Any]:
     tasks = world.plans.get(row["run_id"], [])
-    return {"run_id": row["run_id"], "plan_id": row["plan_id"], "tasks": [t.payload() for t in tasks]}
+    return {
+        "run_id": row["run_id"],
+        # variant 7: a plan for another plan_id than the run's (refused)
+        "plan_id": row["plan_id"] if variant != 7 else "plan_other",
+        "tasks": [t.payload() for t in tasks],
+    }
 
 
 def _cancel(world: World, row: Row, variant: int) -> dict[str, Any] | None:
@@ -157,14 +162,19 @@ def _dispatch_enqueued(world: World, row: Row, variant: int) -> dict[str, Any]:
 
 
 def _timer_requested(world: World, row: Row, variant: int) -> dict[str, Any]:
-    kind, run, task, attempt = row["timer_type"], row.get("run_id"), row.get("task_key"), row.get("attempt")
+    kind, run, task, attempt = (
+        row["timer_type"],
+        row.get("run_id"),
+        row.get("task_key"),
+        row.get("attempt"),
+    )
     epoch = _epoch(world, variant)
     if kind == "RETRY":
-        timer_id = retry_timer_id(run, task, attempt, epoch)
+        timer_id = retry_timer_id(row["run_id"], row["task_key"], row["attempt"], epoch)
     elif kind == "HEARTBEAT_CHECK":
-        timer_id = heartbeat_timer_id(run, task, attempt, epoch)
+        timer_id = heartbeat_timer_id(row["run_id"], row["task_key"], row["attempt"], epoch)
     elif kind == "SLA_CHECK":
-        timer_id = sla_timer_id(run, epoch)
+        timer_id = sla_timer_id(row["run_id"], epoch)
     else:
         timer_id = cron_timer_id("sched_1", epoch)
     return {
@@ -183,7 +193,9 @@ def _timer_enqueued(world: World, row: Row, variant: int) -> dict[str, Any]:
 
 
 def _timer_fired(world: World, row: Row, variant: int) -> dict[str, Any]:
-    data = {name: row.get(name) for name in ("timer_id", "timer_type", "run_id", "task_key", "attempt")}
+    data = {
+        name: row.get(name) for name in ("timer_id", "timer_type", "run_id", "task_key", "attempt")
+    }
     if variant % 4 == 3:  # the optional echoes may be left out
         data.update(run_id=None, task_key=None, attempt=None)
     elif variant == 6 and data["attempt"] is not None:  # disagrees with the timer: refused
@@ -213,7 +225,7 @@ def _heartbeat(world: World, row: Row, variant: int) -> dict[str, Any]:
 
 
 # Mostly successes (runs should get somewhere); shrinks towards SUCCEEDED.
-OUTCOMES = ("SUCCEEDED",) * 5 + ("FAILED",) * 2 + ("CANCELLED",)
+OUTCOMES = ("SUCCEEDED",) * 6 + ("FAILED", "CANCELLED")
 
 
 def _finished(world: World, row: Row, variant: int) -> dict[str, Any]:
@@ -224,10 +236,12 @@ def _finished(world: World, row: Row, variant: int) -> dict[str, Any]:
     return data
 
 
-def _timed_out(world: World, row: Row, variant: int) -> dict[str, Any]:
+def _timed_out(world: World, row: Row, variant: int) -> dict[str, Any] | None:
+    if variant % 4:
+        return None
     data = _fact(row, variant)
     del data["worker_id"]
-    data["reason"] = ("HEARTBEAT_TIMEOUT", "DISPATCH_TIMEOUT")[variant % 2]
+    data["reason"] = ("HEARTBEAT_TIMEOUT", "DISPATCH_TIMEOUT")[variant // 4 % 2]
     return data
 
 

@@ -17,6 +17,10 @@ from hypothesis.stateful import run_state_machine_as_test
 from servo.core._registry import Registry
 from servo.spec import Spec
 
+STEPS = 100
+"""Steps per example at least: a 12-task plan needs ~40 events to finish, and rules
+for faults and redelivery take about half the steps."""
+
 
 def limits() -> dict[str, int]:
     """Plan sizes for the loaded profile: ~12 tasks in ci, ~30 in deep."""
@@ -28,7 +32,9 @@ def limits() -> dict[str, int]:
 def test_fold_keeps_layer1_invariants_under_faults(spec: Spec, rules: Registry) -> None:
     """Every invariant holds after every step, and the fold agrees with the reference."""
     machine = build_fold_machine(spec, rules, **limits())
-    run_state_machine_as_test(machine, settings=settings())
+    profile = settings()  # the loaded profile (ci by default, or deep)
+    steps = max(STEPS, profile.stateful_step_count)
+    run_state_machine_as_test(machine, settings=settings(profile, stateful_step_count=steps))
 
 
 def test_rules_are_generated_for_every_layer1_event(spec: Spec, rules: Registry) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from servo.core._registry import GuardEntry, Registry
 from servo.core.fold._rows import Derived, Partition, Rejection
-from servo.spec import EventSpec, Machine, Spec, Transition
+from servo.spec import EventSpec, Machine, Spec
 
 __all__ = ["Ctx", "Engine", "Locator", "Step"]
 
@@ -22,7 +22,8 @@ __all__ = ["Ctx", "Engine", "Locator", "Step"]
 @dataclass(frozen=True, slots=True)
 class Step:
     """One instance meeting one event, for differential tests against the reference:
-    the guard values seen and the state the first passing row leads to (None: refused)."""
+    the guard values of its candidate rows and the state the fold moved it to (None:
+    refused)."""
 
     machine: str
     source: str
@@ -124,12 +125,21 @@ class Engine:
         rows = {state: value for (state, ev), value in compiled.items() if ev == event}
         return _Bound(machine, locator, event in machine.created_by, rows, machine_name == "task")
 
-    def _trace(self, machine: Machine, instance: Any, ctx: Ctx, rows: tuple[Transition, ...]) -> None:
+    def _traced_step(self, bound: _Bound, instance: Any, ctx: Ctx) -> str | None:
+        """`_step` reported to `trace`: the guard values of the candidate rows (read
+        before the move) and the state the fold actually moved the instance to."""
+        trace, source = self.trace, instance.state
+        assert trace is not None
         ctx.row = instance
+        rows = bound.machine.rows(source, ctx.event_type)
         facts = {name: bool(self.guards[name].fn(ctx)) for row in rows for name in row.guards}
-        target = next((r.target for r in rows if all(facts[g] for g in r.guards)), None)
-        assert self.trace is not None
-        self.trace(Step(machine.name, instance.state, ctx.event_type, facts, target))
+        self.trace = None
+        try:
+            reason = self._step(bound, instance, ctx)
+        finally:
+            self.trace = trace
+        trace(Step(bound.machine.name, source, ctx.event_type, facts, None if reason is not None else instance.state))
+        return reason
 
     def handles(self, event_type: str) -> bool:
         """True if this engine folds `event_type`."""
@@ -183,7 +193,7 @@ class Engine:
     def _step(self, bound: _Bound, instance: Any, ctx: Ctx) -> str | None:
         """Move one instance; None if a row accepted, else the refusal reason ('' = unmatched)."""
         if self.trace is not None:
-            self._trace(bound.machine, instance, ctx, bound.machine.rows(instance.state, ctx.event_type))
+            return self._traced_step(bound, instance, ctx)
         rows = bound.rows.get(instance.state)
         if rows is None:
             return ""
