@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 __all__ = ["app", "main"]
@@ -16,5 +19,18 @@ app = typer.Typer(
 
 
 def main() -> None:
-    """Entry point of the `servo` script."""
-    app()
+    """Entry point of the `servo` script.
+
+    Once a command has finished (its output flushed, its files fsynced), the process
+    ends with `os._exit`: under load we saw a native library's thread abort the
+    interpreter's teardown ("terminate called without an active exception", exit
+    134) after all work was done, which turned a success into a crash code.
+    """
+    code: int = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
