@@ -125,6 +125,14 @@ class Catalog:
             validate = _compile_validator(event, self.spec.records)
             self._compiled[name] = _Compiled(event, validate, _compile_key(event))
 
+    @classmethod
+    def for_spec(cls, spec: Spec) -> Catalog:
+        """The compiled catalog of `spec`, built once per spec object (compiling costs ms)."""
+        cached = _CATALOGS.get(id(spec))
+        if cached is None or cached.spec is not spec:
+            cached = _CATALOGS[id(spec)] = cls(spec)
+        return cached
+
     def event_spec(self, event_type: str) -> EventSpec | None:
         """The catalog entry of `event_type`, or None."""
         compiled = self._compiled.get(event_type)
@@ -251,6 +259,8 @@ class Catalog:
             }
         )
 
+
+_CATALOGS: dict[int, Catalog] = {}
 
 # ---------------------------------------------------------------- compilers --
 # A check returns None when the value is fine, else the rest of a message that

@@ -38,7 +38,7 @@ class Projection:
 
     def __init__(self, spec: Spec, registry: Registry, *, keep_history: bool = True) -> None:
         self.spec = spec
-        self.catalog = Catalog(spec)
+        self.catalog = Catalog.for_spec(spec)
         self.engine = Engine(spec, registry)
         self.keep_history = keep_history
         self.partitions: dict[str, Partition] = {}
