@@ -200,6 +200,7 @@ def test_cas_conflict_detected_and_retried(store: ObjectStore, spec: Spec, rules
     for t in threads:
         t.join(timeout=30)
     space.get = original_get  # type: ignore[method-assign]
+    assert all(isinstance(e, FencedOut) for e in errors), errors  # nothing but a lost race
     assert sorted((a.epoch, b.epoch)) == [1, 2]  # one CAS lost and was retried
     newer, older = (a, b) if a.epoch > b.epoch else (b, a)
     for c in (a, b):
