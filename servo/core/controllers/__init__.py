@@ -28,6 +28,7 @@ from servo.core.controllers._timers import (
     on_timer_fired,
     retry_delay,
     retry_intents,
+    timer_is_moot,
 )
 from servo.core.controllers._view import (
     OutboxRecord,
@@ -62,4 +63,5 @@ __all__ = [
     "repair",
     "retry_delay",
     "retry_intents",
+    "timer_is_moot",
 ]

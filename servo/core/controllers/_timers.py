@@ -14,7 +14,6 @@ the newest of that, started_at and last_heartbeat_at.
 from __future__ import annotations
 
 import hashlib
-import math
 from datetime import UTC, datetime, timedelta
 
 from servo.core.controllers._emit import ControllerConfig, Emitter
@@ -30,12 +29,16 @@ from servo.core.ids import (
 
 __all__ = [
     "attempt_ended_at",
+    "check_second",
     "derived_jitter",
     "heartbeat_intents",
     "last_sign_of_life",
     "on_timer_fired",
+    "reschedule_second",
     "retry_delay",
     "retry_intents",
+    "retry_second",
+    "timer_is_moot",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -82,12 +85,44 @@ def last_sign_of_life(task: TaskRecord, now: datetime) -> datetime:
     return max(signs)
 
 
-def _epoch_floor(at: datetime) -> int:
-    return (at - _EPOCH) // timedelta(seconds=1)
+def _ms(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _epoch_ceil(at: datetime) -> int:
-    return math.ceil((at - _EPOCH) / timedelta(seconds=1))
+# Timer ids embed whole seconds. These three rules pick them; their contracts (PEP 316,
+# checked by CrossHair) are what keeps the timer chains from livelocking: a new id is
+# never one already used for the same attempt (a repeat would be a DUPLICATE and the
+# intent would be re-emitted forever), and a reschedule is always strictly later.
+
+
+def retry_second(fire_ms: int, used_seconds: list[int]) -> int:
+    """The id second of a retry timer due at `fire_ms`: its own second, or the first
+    one after every retry timer the attempt already had.
+
+    post: __return__ >= fire_ms // 1000
+    post: all(__return__ > s for s in used_seconds)
+    """
+    return max([fire_ms // 1000, *(s + 1 for s in used_seconds)])
+
+
+def check_second(due_ms: int, used_seconds: list[int]) -> int:
+    """The second of a heartbeat check due at `due_ms`: the first whole second at or
+    after it that is later than every check the attempt already had.
+
+    post: __return__ * 1000 >= due_ms
+    post: all(__return__ > s for s in used_seconds)
+    """
+    return max([-(-due_ms // 1000), *(s + 1 for s in used_seconds)])
+
+
+def reschedule_second(fire_ms: int, now_ms: int, lag_recheck_sec: int) -> int:
+    """The second a timer the watermark has not reached is rescheduled to.
+
+    post: __return__ * 1000 > fire_ms
+    post: __return__ * 1000 > now_ms
+    post: __return__ * 1000 >= max(fire_ms, now_ms) + 1000 * max(1, lag_recheck_sec)
+    """
+    return -(-max(fire_ms, now_ms) // 1000) + max(1, lag_recheck_sec)
 
 
 def _at(epoch: int) -> datetime:
@@ -127,8 +162,8 @@ def retry_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
         if any(t.state == "SCHEDULED" for t in timers):
             continue
         fire_at = attempt_ended_at(task, emit.now) + retry_delay(task, emit.config)
-        epoch = max([_epoch_floor(fire_at), *(_epoch_floor(t.fire_at) + 1 for t in timers)])
-        if epoch != _epoch_floor(fire_at):
+        epoch = retry_second(_ms(fire_at), [_ms(t.fire_at) // 1000 for t in timers])
+        if epoch != _ms(fire_at) // 1000:
             fire_at = _at(epoch)
         timer_id = retry_timer_id(task.run_id, task.task_key, task.attempt, epoch)
         out.append(_timer_request(emit, timer_id, "RETRY", task, task.attempt, fire_at))
@@ -137,7 +172,7 @@ def retry_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
 
 def _next_heartbeat_check(task: TaskRecord, after: datetime, timers: tuple[TimerRecord, ...]) -> tuple[int, datetime]:
     """The first whole second at or after `after` that no check of this attempt used."""
-    epoch = max([_epoch_ceil(after), *(_epoch_floor(t.fire_at) + 1 for t in timers)])
+    epoch = check_second(_ms(after), [_ms(t.fire_at) // 1000 for t in timers])
     return epoch, _at(epoch)
 
 
@@ -169,7 +204,7 @@ def _reschedule(timer: TimerRecord, emit: Emitter) -> list[Event]:
     if timer.run_id is None or timer.task_key is None or timer.attempt is None:
         return []  # run-less timers (cron) belong to Layer 2's handlers
     # At least a second past both fire_at and now: the new id differs from this one.
-    epoch = _epoch_ceil(max(timer.fire_at, emit.now)) + max(1, emit.config.lag_recheck_sec)
+    epoch = reschedule_second(_ms(timer.fire_at), _ms(emit.now), emit.config.lag_recheck_sec)
     make_id = retry_timer_id if timer.timer_type == "RETRY" else heartbeat_timer_id
     timer_id = make_id(timer.run_id, timer.task_key, timer.attempt, epoch)
     return [_timer_request(emit, timer_id, timer.timer_type, timer, timer.attempt, _at(epoch))]
@@ -217,6 +252,20 @@ def _heartbeat_verdict(view: ProjectionView, timer: TimerRecord, emit: Emitter) 
     ]
 
 
+def timer_is_moot(view: ProjectionView, timer: TimerRecord) -> bool:
+    """A retry or heartbeat timer whose task is terminal or has moved past its attempt.
+
+    Both are final in the fold (a terminal task never leaves its state; attempts only
+    grow), so a moot timer stays moot however stale the view is.
+    """
+    if timer.timer_type not in ("RETRY", "HEARTBEAT_CHECK") or timer.run_id is None or timer.task_key is None:
+        return False
+    task = view.task(timer.run_id, timer.task_key)
+    if task is None:
+        return False
+    return task.is_terminal or (timer.attempt is not None and task.attempt > timer.attempt)
+
+
 def on_timer_fired(
     view: ProjectionView,
     timer: TimerRecord,
@@ -231,6 +280,9 @@ def on_timer_fired(
     """What the handler emits when the queue delivers `timer` (at `now`).
 
     - not SCHEDULED (already fired or cancelled): nothing; a duplicate delivery.
+    - moot (`timer_is_moot`): TimerFired at once, whatever the watermark: the task
+      is terminal or past that attempt, which no later event can undo, so there is
+      nothing left for freshness to protect and no point rescheduling.
     - watermark < fire_at: a later timer of the same kind, nothing else (INV-9).
     - RETRY: TimerFired (the fold moves the task RETRY_WAIT -> READY).
     - HEARTBEAT_CHECK: the verdict (AttemptTimedOut or the next check), then TimerFired.
@@ -241,6 +293,8 @@ def on_timer_fired(
     if timer.state != "SCHEDULED":
         return []
     emit = Emitter(config, tenant, workspace, now, source)
+    if timer_is_moot(view, timer):
+        return [_fired(timer, emit)]
     if watermark < timer.fire_at:
         return _reschedule(timer, emit)
     out: list[Event] = []

@@ -9,14 +9,16 @@ a controller cannot write the projection, only return events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
 from servo.core.events import parse_timestamp
 from servo.core.fold import Projection
+from servo.core.ids import dispatch_cloud_task_id, timer_cloud_task_id
 
 __all__ = ["OutboxRecord", "ProjectionView", "RunRecord", "TaskRecord", "TimerRecord"]
 
@@ -93,6 +95,11 @@ class TimerRecord:
     fire_at: datetime
     state: str
     row_version: str
+
+
+# The rows derive cloud task ids by hashing on every read; a view is rebuilt often.
+_dispatch_cloud_id: Callable[[str], str] = lru_cache(maxsize=1 << 16)(dispatch_cloud_task_id)
+_timer_cloud_id: Callable[[str], str] = lru_cache(maxsize=1 << 16)(timer_cloud_task_id)
 
 
 def _ts(value: object, what: str) -> datetime | None:
@@ -248,14 +255,14 @@ class ProjectionView:
             for o in part.outbox.values():
                 outbox.append(
                     OutboxRecord(
-                        o.dispatch_id, o.cloud_task_id, o.run_id, o.task_key, o.attempt,
+                        o.dispatch_id, _dispatch_cloud_id(o.dispatch_id), o.run_id, o.task_key, o.attempt,
                         o.attempt_id, o.worker_queue, o.state, o.row_version,
                     )
                 )
             for m in part.timers.values():
                 timers.append(
                     TimerRecord(
-                        m.timer_id, m.cloud_task_id, m.timer_type, m.run_id, m.task_key,
+                        m.timer_id, _timer_cloud_id(m.timer_id), m.timer_type, m.run_id, m.task_key,
                         m.attempt, m.fire_at, m.state, m.row_version,
                     )
                 )
