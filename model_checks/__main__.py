@@ -23,7 +23,7 @@ from model_checks._explore import Result, explore
 MAX_COUNTEREXAMPLE = 15
 CROSSHAIR_TARGETS = (
     "servo/core/ids.py",
-    "model_checks/_contracts.py",
+    "servo/core/controllers/_timers.py",
 )
 
 

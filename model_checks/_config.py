@@ -77,30 +77,52 @@ class McConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def _ci() -> list[McConfig]:
-    out: list[McConfig] = []
+_QUIET = {"max_crashes": 0, "max_dup_deliveries": 0, "max_early_fires": 0, "max_cancels": 0,
+          "max_reorders": 0, "max_lags": 0, "max_heartbeats": 0}
+# Fault groups: explored separately so each configuration gets deep enough to finish
+# runs; `deep` combines them all.
+SCENARIOS: dict[str, dict[str, int]] = {
+    "core": {"max_cancels": 1},
+    "driver": {"max_crashes": 1, "max_dup_deliveries": 1, "max_worker_deaths": 1},
+    "timing": {"max_early_fires": 1, "max_lags": 1, "max_reorders": 1, "max_heartbeats": 1},
+}
+CI_CAPS = {"core": 110_000, "driver": 80_000, "timing": 80_000}
+
+
+def _graphs() -> list[tuple[str, tuple[TaskDef, ...]]]:
+    out = []
     for attempts in (1, 2):
-        out.append(McConfig(f"chain3-a{attempts}", chain(3, attempts)))
-        out.append(McConfig(f"diamond4-a{attempts}", diamond(attempts)))
-        out.append(McConfig(f"fanout1x3-a{attempts}", fan_out(3, attempts)))
+        out.append((f"chain3-a{attempts}", chain(3, attempts)))
+        out.append((f"diamond4-a{attempts}", diamond(attempts)))
+        out.append((f"fanout1x3-a{attempts}", fan_out(3, attempts)))
     return out
 
 
+def _ci() -> list[McConfig]:
+    return [
+        McConfig(f"{graph}-{scenario}", tasks, max_states=CI_CAPS[scenario], **{**_QUIET, **faults})
+        for graph, tasks in _graphs()
+        for scenario, faults in SCENARIOS.items()
+    ]
+
+
 def _deep() -> list[McConfig]:
+    every = {k: v for faults in SCENARIOS.values() for k, v in faults.items()}
     out = [
-        c.with_(
-            name=c.name + "-deep", max_sec=6, max_crashes=2, max_expiries=1, max_worker_deaths=1,
-            max_lost_tasks=1, repair=True, timer_acks=True,
-        )
-        for c in _ci()
+        McConfig(f"{graph}-{scenario}-deep", tasks, max_states=1_500_000, **{**_QUIET, **faults})
+        for graph, tasks in _graphs()
+        for scenario, faults in SCENARIOS.items()
+    ]
+    out += [
+        McConfig(f"{graph}-everything", tasks, max_states=1_500_000, max_sec=7, max_expiries=1,
+                 max_lost_tasks=1, repair=True, timer_acks=True, **every)
+        for graph, tasks in _graphs()
     ]
     return out
 
 
 def _tiny() -> list[McConfig]:
-    return [
-        McConfig("tiny-chain2-a1", chain(2, 1), max_sec=3, outcomes=("SUCCEEDED", "FAILED")),
-    ]
+    return [McConfig("tiny-chain2-a1", chain(2, 1), max_sec=4, **{**_QUIET, "max_cancels": 1, "max_crashes": 1})]
 
 
 PROFILES = {"ci": _ci, "deep": _deep, "tiny": _tiny}

@@ -103,15 +103,26 @@ class Model:
             return None
         return budget[:kind] + (budget[kind] + 1,) + budget[kind + 1 :]
 
-    def _append_check(self, ledger: int, added: Iterable[int], label: Label) -> None:
-        """Appended events must be catalog events and event ids create-only (P1)."""
+    def _append(self, ledger: int, events: Iterable[int], label: Label) -> int:
+        """Append events create-only, one object per event_id (P1): an id already in
+        the ledger is not written again (ObjectExists; the producer moves on). That is
+        harmless when the stored event has the same idempotency key (two producers
+        minted the same intent at one instant); a different key would lose an event."""
         u = self.u
-        for index in added:
+        for index in events:
             info = u.events[index]
             if info.valid is not None:
-                raise Found(info.valid, label, ledger)
-            if (u.same_id[info.event.event_id] & ledger).bit_count() > 1:
-                raise Found(("P1", f"two different events share event_id {info.event.event_id}"), label, ledger)
+                raise Found(info.valid, label, ledger | (1 << index))
+            same = u.same_id[info.event.event_id] & ledger
+            if same:
+                if not same >> index & 1:
+                    stored = u.events[same.bit_length() - 1].event
+                    if stored.idempotency_key != info.event.idempotency_key:
+                        raise Found(("P1", f"event_id {info.event.event_id} of {info.event.event_type} is taken by "
+                                     f"{stored.event_type}: a create-only append would lose it"), label, ledger)
+                continue
+            ledger |= 1 << index
+        return ledger
 
     def _useful(self, ledger: int, events: Iterable[int]) -> bool:
         """Some event carries an idempotency key the ledger does not hold yet."""
@@ -190,8 +201,7 @@ class Model:
         if cancel is not None and entry.run_state == "RUNNING":
             at = max(sec * 1000, 2)  # the user saw the run planned (ms 0 and 1)
             ev = u.cancel_event(at)
-            self._append_check(ledger | (1 << ev), (ev,), ("cancel", at))
-            out.append((("cancel", at), self._with(s, ledger=ledger | (1 << ev), budget=cancel)))
+            out.append((("cancel", at), self._with(s, ledger=self._append(ledger, (ev,), ("cancel", at)), budget=cancel)))
 
         # Quiescent: nothing can move a task any more (queued timers are all settled).
         quiescent = not progress and not pending and not live_timers and not dispatches and not sessions
@@ -278,7 +288,7 @@ class Model:
         prefixes: list[tuple[int, int]] = [(ledger, queued)]
         for kind, value in effects:
             if kind == "append":
-                new_ledger |= 1 << value
+                new_ledger = self._append(new_ledger, (value,), label)
             else:
                 new_queued |= 1 << value
             if prefixes[-1] != (new_ledger, new_queued):
@@ -286,7 +296,6 @@ class Model:
         if (new_ledger, new_queued, new_folded, new_wm) == (ledger, queued, folded, s[WM]) and not force:
             return False, False
         appended = [v for k, v in effects if k == "append"]
-        self._append_check(new_ledger, appended, label)
         if self.cfg.repair:
             self._repair_check(entry, events, new_wm, new_ledger, label)
         after = self._with(s, folded=new_folded, watermark=new_wm)
@@ -332,9 +341,8 @@ class Model:
         _, name, payload = self.qentries[q]
         at = max(s[SEC] * 1000, ms_of(ulid_timestamp(payload[2])) + 1)
         ev = u.worker_event("TaskStarted", payload, at)
-        ledger = s[LEDGER] | (1 << ev)
         label: Label = ("deliver", at, payload)
-        self._append_check(ledger, (ev,), label)
+        ledger = self._append(s[LEDGER], (ev,), label)
         spawned = tuple(sorted((*s[SESSIONS], (q, 0, at))))
         bit = 1 << q
         out.append((label, self._with(s, ledger=ledger, queued=s[QUEUED] & ~bit, done=s[DONE] | bit, sessions=spawned)))
@@ -343,8 +351,7 @@ class Model:
             out.append((("deliver-duplicate", at, payload), self._with(s, ledger=ledger, sessions=spawned, budget=dup)))
 
     def _worker_step(self, s: State, out: list[tuple[Label, State]], label: Label, ev: int, sessions: tuple[Any, ...]) -> None:
-        ledger = s[LEDGER] | (1 << ev)
-        self._append_check(ledger, (ev,), label)
+        ledger = self._append(s[LEDGER], (ev,), label)
         out.append((label, self._with(s, ledger=ledger, sessions=sessions)))
 
     def _deliver_timer(self, s: State, q: int, out: list[tuple[Label, State]]) -> None:
@@ -363,12 +370,9 @@ class Model:
         now = max(sec * 1000, u.folds[folded].max_ms + 1)
         events, violation = u.on_timer(folded, timer_id, now, wm)
         label: Label = ("deliver-timer-early" if early else "deliver-timer", now, timer_id, events)
-        appended = ledger
-        for i in events:
-            appended |= 1 << i
         if violation is not None:
-            raise Found(violation, label, appended)
-        self._append_check(appended, events, label)
+            raise Found(violation, label, ledger | sum(1 << i for i in events))
+        appended = self._append(ledger, events, label)
         for i in events:
             found = _checks.check_timeout(u, i, fire_ms, appended)
             if found is not None:
@@ -383,7 +387,7 @@ class Model:
             crash_budget[CRASH] += 1
             partial = ledger
             for k, i in enumerate(events, start=1):
-                partial |= 1 << i
+                partial = self._append(partial, (i,), label)
                 out.append(((*label, f"handler crashes after {k} of {len(events)} appends (redelivered later)"),
                             self._with(s, ledger=partial, budget=tuple(crash_budget))))
         dup = self._budget(s, DUP)
