@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
+from model_checks._universe import RUN, WORKER_FACTS, FoldEntry, Violation, bits, fingerprint, ms_of
 from servo.core.events import Event
 from servo.core.fold import Projection
 from servo.core.ids import ulid_timestamp
-
-from model_checks._universe import RUN, WORKER_FACTS, FoldEntry, Violation, bits, fingerprint, ms_of
 
 if TYPE_CHECKING:
     from model_checks._universe import Universe
@@ -156,10 +156,8 @@ def check_timeout(u: Universe, event_index: int, fire_ms: int, ledger: int) -> V
     timeout_ms = u.timeouts[d["task_key"]] * 1000
     low, high = fire_ms - timeout_ms, fire_ms
     signs: list[tuple[int, str]] = []
-    try:
+    with contextlib.suppress(ValueError):
         signs.append((ms_of(ulid_timestamp(d["attempt_id"])), "its dispatch"))
-    except ValueError:
-        pass
     first_start: dict[str, tuple[str, int]] = {}
     for index in bits(u.evidence.get(d["attempt_id"], 0) & ledger):
         info = u.events[index]

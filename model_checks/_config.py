@@ -34,9 +34,7 @@ def diamond(attempts: int, timeout: int = 1) -> tuple[TaskDef, ...]:
 
 def fan_out(width: int, attempts: int, timeout: int = 1) -> tuple[TaskDef, ...]:
     """root -> leaf0 .. leaf{width-1}."""
-    return (TaskDef("root", max_attempts=attempts, heartbeat_timeout_sec=timeout),) + tuple(
-        TaskDef(f"leaf{i}", ["root"], max_attempts=attempts, heartbeat_timeout_sec=timeout) for i in range(width)
-    )
+    return (TaskDef("root", max_attempts=attempts, heartbeat_timeout_sec=timeout), *tuple(TaskDef(f"leaf{i}", ["root"], max_attempts=attempts, heartbeat_timeout_sec=timeout) for i in range(width)))
 
 
 @dataclass(frozen=True)

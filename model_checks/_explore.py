@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from servo.core._registry import Registry
-from servo.core.rules import default_spec, registry
-from servo.spec import Spec
-
 from model_checks._config import McConfig
 from model_checks._model import Found, Label, Model, State
 from model_checks._universe import Universe
+from servo.core._registry import Registry
+from servo.core.rules import default_spec, registry
+from servo.spec import Spec
 
 __all__ = ["Result", "explore", "render_label"]
 

@@ -36,11 +36,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from servo.core import controllers as C
-from servo.core.ids import ulid_timestamp
-
 from model_checks import _checks
 from model_checks._universe import RUN, FoldEntry, Universe, Violation, bits, ms_of
+from servo.core import controllers as C
+from servo.core.ids import ulid_timestamp
 
 __all__ = ["Found", "Model", "State"]
 
@@ -101,7 +100,7 @@ class Model:
         budget: tuple[int, ...] = s[BUDGET]
         if budget[kind] >= self.limits[kind]:
             return None
-        return budget[:kind] + (budget[kind] + 1,) + budget[kind + 1 :]
+        return (*budget[:kind], budget[kind] + 1, *budget[kind + 1:])
 
     def _append(self, ledger: int, events: Iterable[int], label: Label) -> int:
         """Append events create-only, one object per event_id (P1): an id already in
@@ -151,7 +150,7 @@ class Model:
         # --- queue deliveries ---------------------------------------------------------
         overdue = waiting = live_timers = dispatches = False
         for q in bits(queued):
-            kind, name, payload = self.qentries[q]
+            kind, _name, payload = self.qentries[q]
             if kind == "d":
                 dispatches = True
                 self._deliver_dispatch(s, q, out)
@@ -338,7 +337,7 @@ class Model:
     def _deliver_dispatch(self, s: State, q: int, out: list[tuple[Label, State]]) -> None:
         """The queue delivers an attempt; the worker reports TaskStarted at once."""
         u = self.u
-        _, name, payload = self.qentries[q]
+        _, _name, payload = self.qentries[q]
         at = max(s[SEC] * 1000, ms_of(ulid_timestamp(payload[2])) + 1)
         ev = u.worker_event("TaskStarted", payload, at)
         label: Label = ("deliver", at, payload)
@@ -359,7 +358,7 @@ class Model:
         The handler reads the published projection (it does not compact)."""
         u = self.u
         sec, ledger, folded, wm, queued, done = s[SEC], s[LEDGER], s[FOLDED], s[WM], s[QUEUED], s[DONE]
-        _, name, (timer_id, fire_ms) = self.qentries[q]
+        _, _name, (timer_id, fire_ms) = self.qentries[q]
         budget = s[BUDGET]
         early = sec * 1000 < fire_ms + TIMER_LAG_MS
         if early:

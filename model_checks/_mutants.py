@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from model_checks._config import McConfig, chain, diamond, fan_out
 from servo.core import controllers as C
 from servo.core._registry import GuardEntry, Registry
 from servo.core.controllers import _dispatch, _timers
 from servo.core.events import Event
 from servo.core.ids import new_ulid
 from servo.core.rules import registry
-
-from model_checks._config import McConfig, chain, diamond, fan_out
 
 __all__ = ["MUTANTS", "Mutant", "applied"]
 

@@ -7,6 +7,7 @@ crashes on bad input. Validation is compiled once per catalog entry (`Catalog`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -56,6 +57,7 @@ def parse_timestamp(value: object, what: str) -> datetime:
     return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def format_timestamp(value: datetime) -> str:
     """RFC 3339 UTC ending in `Z`; fractional seconds only when present."""
     text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")

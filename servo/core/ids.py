@@ -19,6 +19,7 @@ Docstring `pre:`/`post:` lines are PEP 316 contracts that CrossHair checks.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import math
@@ -220,7 +221,13 @@ def cloud_task_id(prefix: str, internal: str) -> str:
     """
     if prefix not in CLOUD_TASK_PREFIXES:
         raise ValueError(f"cloud task id prefix must be 'd' or 't', not {prefix!r}")
-    return f"{prefix}_{_base32_lower(hashlib.sha256(internal.encode('utf-8')).digest())}"
+    return f"{prefix}_{_sha256_base32(internal)}"
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _sha256_base32(internal: str) -> str:
+    # Controllers re-derive the same names on every pass: memoise the hash.
+    return _base32_lower(hashlib.sha256(internal.encode("utf-8")).digest())
 
 
 def dispatch_cloud_task_id(dispatch_id: str) -> str:
