@@ -90,6 +90,7 @@ class HttpWorker:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._owns_client = client is None
         self.client = client or httpx.Client(timeout=httpx.Timeout(10.0, connect=2.0))
         self.handled = 0
         self._running: dict[str, Future[None]] = {}
@@ -180,6 +181,8 @@ class HttpWorker:
         finally:
             pool.shutdown(wait=True)
             self.queue.close()
+            if self._owns_client:
+                self.client.close()
         return self.handled
 
     def _handle(self, lease: Lease) -> None:
