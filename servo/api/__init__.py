@@ -1,7 +1,21 @@
-"""The public Python API for declaring pipelines."""
+"""The public Python API: declaring pipelines, and the HTTP app behind `servo serve`."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from servo.api._pipeline import Pipeline, PipelineError, RetryPolicy, TaskContext, TaskSpec
 
-__all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskSpec"]
+if TYPE_CHECKING:
+    from servo.api._http import create_app
+
+__all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskSpec", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the HTTP app (FastAPI) only when it is asked for: declaring a pipeline needs none of it."""
+    if name == "create_app":
+        from servo.api._http import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

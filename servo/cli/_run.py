@@ -58,6 +58,12 @@ def run_command(
     workers: Annotated[int, typer.Option(help="Local worker threads.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    external_workers: Annotated[
+        bool, typer.Option("--external-workers", help="Dispatch only; `servo worker` processes run the tasks.")
+    ] = False,
+    callback_base: Annotated[
+        str, typer.Option(help="With --external-workers: the `servo serve` URL put in every delivery.")
+    ] = "http://127.0.0.1:8080",
 ) -> None:
     """Run a pipeline to completion; exit 1 if the run did not succeed."""
     from servo.engine import EmbeddedEngine, Home
@@ -73,7 +79,8 @@ def run_command(
             if live is not None:
                 live.update(_progress_table(counts, state))
 
-        engine = EmbeddedEngine(Home.open(home), pipeline, workers=workers, on_progress=progress)
+        base = callback_base if external_workers else None
+        engine = EmbeddedEngine(Home.open(home), pipeline, workers=workers, on_progress=progress, callback_base=base)
         if live is not None:
             with live:
                 outcome = engine.run(run_key, timeout=timeout)

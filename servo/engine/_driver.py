@@ -40,6 +40,7 @@ from servo.core.events import Catalog, Event
 from servo.core.ids import new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
 from servo.engine._home import Home
+from servo.engine._notify import NotifySpool
 from servo.queue import SqliteQueue
 from servo.queue._protocol import Lease
 from servo.storage import Ledger
@@ -99,6 +100,8 @@ class EmbeddedEngine:
         poll_seconds: float = 0.02,
         lease_seconds: float = 5.0,
         on_progress: Callable[[Mapping[str, int], str], None] | None = None,
+        callback_base: str | None = None,
+        sweep_seconds: float = 5.0,
     ) -> None:
         self.home = home
         self.pipeline = pipeline
@@ -127,6 +130,11 @@ class EmbeddedEngine:
         self._view = ProjectionView.from_tables({})
         self._running: dict[str, Future[None]] = {}
         self._repaired_at = datetime.min.replace(tzinfo=UTC)
+        # External workers (`servo worker` via `servo serve`): dispatch, run nothing here.
+        self.callback_base = callback_base
+        self.spool = NotifySpool.for_home(home)
+        self.sweep_seconds = sweep_seconds
+        self._swept_at = time.monotonic()
 
     # ----------------------------------------------------------------- I/O --
 
@@ -147,6 +155,14 @@ class EmbeddedEngine:
             event = event._replace(event_id=new_ulid(now, event.event_id[-16:].encode()[:10]))
         self._append([event])
 
+    def _pick_up_external(self) -> None:
+        """Fold what other processes appended (`servo serve`'s worker facts): their ids
+        arrive through the notify spool; a periodic ledger sweep is the fallback (SPEC §6)."""
+        self.compactor.notify(self.spool.drain())
+        if time.monotonic() - self._swept_at >= self.sweep_seconds:
+            self._swept_at = time.monotonic()
+            self.compactor.repair()
+
     def _lookup(self, run_id: str, task_key: str) -> tuple[str | None, int, str] | None:
         task = self._view.task(run_id, task_key)
         return None if task is None else (task.attempt_id, task.attempt, task.state)
@@ -159,6 +175,7 @@ class EmbeddedEngine:
         (the manifest's watermark only moves once per idle second).
         """
         with self._lock:
+            self._pick_up_external()
             self.compactor.compact()
             caught_up = self.compactor.caught_up_at
         snapshot = self.reader.read()
@@ -249,6 +266,7 @@ class EmbeddedEngine:
                 attempt=row.attempt,
                 attempt_id=row.attempt_id,
                 token=self.callbacks.token_for(row.run_id, row.task_key, row.attempt_id),
+                callback_base=self.callback_base or "",
             )
             created = self.queue.create_task(row.cloud_task_id, DISPATCH, delivery.to_json(), now)
             status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
@@ -256,7 +274,8 @@ class EmbeddedEngine:
         for timer in view.timers.values():
             if timer.state == "SCHEDULED" and timer.run_id == run_id:
                 self.queue.create_task(timer.cloud_task_id, TIMER, timer.timer_id.encode(), timer.fire_at)
-        for lease in self.queue.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds):
+        only = TIMER if self.callback_base is not None else None  # dispatches are for `servo worker`
+        for lease in self.queue.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
             self._deliver(lease, view, watermark, now, pool)
 
     def _deliver(self, lease: Lease, view: ProjectionView, watermark: datetime, now: datetime, pool: ThreadPoolExecutor) -> None:

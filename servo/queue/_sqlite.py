@@ -227,8 +227,14 @@ class SqliteQueue:
 
     # --- LeasingQueue ---------------------------------------------------------
 
-    def lease(self, now: datetime, max_tasks: int = 1, lease_seconds: float = 60.0) -> list[Lease]:
-        """See ``LeasingQueue.lease``: the earliest-due tasks, each under a fresh token."""
+    def lease(
+        self, now: datetime, max_tasks: int = 1, lease_seconds: float = 60.0, *, target: str | None = None
+    ) -> list[Lease]:
+        """See ``LeasingQueue.lease``: the earliest-due tasks, each under a fresh token.
+
+        ``target`` leases only tasks for that target, so processes sharing one queue
+        file can split the work (the engine takes timers, ``servo worker`` dispatches).
+        """
         if max_tasks < 1 or lease_seconds <= 0:
             raise ValueError("lease needs max_tasks >= 1 and lease_seconds > 0")
         now_us = _micros(require_aware(now, "now"))
@@ -236,10 +242,11 @@ class SqliteQueue:
         expires_us = _micros(expires_at)
         leases: list[Lease] = []
         with self._transaction() as db:
+            only = "" if target is None else " AND target = ?"
             rows = db.execute(
                 "SELECT name, target, payload, schedule_at, attempts FROM tasks"
-                " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, name LIMIT ?",
-                (now_us, max_tasks),
+                f" WHERE state = 'pending' AND due_at <= ?{only} ORDER BY due_at, name LIMIT ?",
+                (now_us, max_tasks) if target is None else (now_us, target, max_tasks),
             ).fetchall()
             for name, target, payload, schedule_at, attempts in rows:
                 token = uuid.uuid4().hex

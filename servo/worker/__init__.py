@@ -1,6 +1,9 @@
-"""The worker contract: deliveries, per-attempt tokens, validated callbacks."""
+"""The worker contract: deliveries, per-attempt tokens, validated callbacks, and the
+standalone HTTP worker behind `servo worker` (imported on first use: it needs httpx)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from servo.worker._contract import (
     CallbackRejected,
@@ -11,11 +14,27 @@ from servo.worker._contract import (
     attempt_token,
 )
 
+if TYPE_CHECKING:
+    from servo.worker._http import HttpWorker, ServerUnreachable
+
 __all__ = [
     "CallbackRejected",
     "CallbackService",
     "Delivery",
     "ForgedCallback",
+    "HttpWorker",
+    "ServerUnreachable",
     "StaleAttemptRejected",
     "attempt_token",
 ]
+
+_LAZY = frozenset({"HttpWorker", "ServerUnreachable"})
+
+
+def __getattr__(name: str) -> Any:
+    """Import the HTTP worker only when it is asked for."""
+    if name in _LAZY:
+        from servo.worker import _http
+
+        return getattr(_http, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,312 @@
+"""The HTTP API behind `servo serve`: worker callbacks and run status (SPEC §6, §8).
+
+    POST /v1/callbacks/started     {tenant, workspace, run_id, task_key, attempt,
+    POST /v1/callbacks/heartbeat    attempt_id, worker_id, traceparent?}
+    POST /v1/callbacks/finished     + progress_pct? (heartbeat) / outcome, error_message? (finished)
+                                   Authorization: Bearer <the delivery's per-attempt token>
+    GET  /healthz                  liveness + the projection's manifest seq and watermark
+    GET  /v1/runs                  every run row of the published projection
+    GET  /v1/runs/{run_id}         one run and its task rows
+    GET  /metrics                  Prometheus text (prometheus_client's default registry)
+
+Answers: 200 `{"accepted": true, "event_id": ...}`; 401 `missing_token`; 403
+`forged_callback` (token or tenant wrong); 409 `stale_attempt` (the attempt is not the
+task's current live one); 422 `invalid_request` (malformed JSON or fields). Every
+error body is `{"error": <code>, "detail": <one readable line>}`, never a traceback.
+
+The serve process does not compact: it reads the published projection and appends
+worker facts to the ledger, posting each new event id to the home's notify spool so
+the engine's compactor folds it (ADR 009: one compactor per home). Its view can lag
+the engine's by one compaction, so a callback whose attempt it does not recognise
+makes it re-read the projection, and wait up to `lag_wait_seconds` while the
+projection may simply be behind, before answering 409.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from servo._errors import InvalidEvent, ServoError
+from servo.compactor import ProjectionReader, Snapshot, StateView
+from servo.core.controllers import ControllerConfig, Emitter, ProjectionView
+from servo.core.events import Catalog
+from servo.core.ids import new_ulid
+from servo.core.rules import default_spec
+from servo.engine._home import Home
+from servo.engine._notify import NotifySpool
+from servo.storage import Ledger
+from servo.worker import (
+    CallbackRejected,
+    CallbackService,
+    Delivery,
+    ForgedCallback,
+    StaleAttemptRejected,
+    attempt_token,
+)
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("servo.serve")
+
+_LIVE = frozenset({"DISPATCHED", "RUNNING"})
+_ERROR_CODES: Mapping[type[CallbackRejected], str] = {
+    StaleAttemptRejected: "stale_attempt",
+    ForgedCallback: "forged_callback",
+    CallbackRejected: "callback_rejected",
+}
+_Id = Annotated[str, Field(min_length=1, max_length=256)]
+Auth = Annotated[str | None, Header(description="Bearer <the per-attempt token of the delivery>")]
+
+
+class AttemptCallback(BaseModel):
+    """The body every callback carries: the delivery's attempt and who reports."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    tenant: _Id
+    workspace: _Id
+    run_id: _Id
+    task_key: _Id
+    attempt: int = Field(ge=1)
+    attempt_id: _Id
+    worker_id: _Id
+    traceparent: str | None = Field(default=None, max_length=256)
+
+
+class HeartbeatCallback(AttemptCallback):
+    """`heartbeat`: optionally how far along the attempt is."""
+
+    progress_pct: int | None = Field(default=None, ge=0, le=100)
+
+
+class FinishedCallback(AttemptCallback):
+    """`finished`: how the attempt ended."""
+
+    outcome: Literal["SUCCEEDED", "FAILED", "CANCELLED"]
+    error_message: str | None = None
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+class _Projection:
+    """The serve process's copy of the published projection (thread-safe)."""
+
+    def __init__(self, home: Home, lag_wait_seconds: float) -> None:
+        self._reader = ProjectionReader(StateView(home.store), default_spec())
+        self._lock = threading.Lock()
+        self._view = ProjectionView.from_tables({})
+        self._snapshot: Snapshot | None = None
+        self.lag_wait_seconds = lag_wait_seconds
+
+    def refresh(self) -> Snapshot:
+        """The latest published snapshot; rebuilt only when a new manifest appeared."""
+        with self._lock:
+            manifest = self._reader.manifest()
+            if self._snapshot is None or manifest is None or manifest.seq != self._snapshot.seq:
+                self._snapshot = self._reader.read(manifest)
+                self._view = ProjectionView.from_tables(self._snapshot.tables)
+            return self._snapshot
+
+    def current(self, run_id: str, task_key: str) -> tuple[str | None, int, str] | None:
+        """CallbackService's lookup: (attempt_id, attempt, state) of the task, or None."""
+        task = self._view.task(run_id, task_key)
+        return None if task is None else (task.attempt_id, task.attempt, task.state)
+
+    def settle(self, claim: AttemptCallback) -> None:
+        """Make the view current enough to judge `claim`.
+
+        Always look at the latest manifest first (a retry may have replaced the attempt
+        we last saw live); then keep re-reading, briefly, while the projection may be
+        *behind* the claim — the task or the claimed attempt not folded yet — and stop
+        as soon as the attempt is either live or clearly past.
+        """
+        deadline = time.monotonic() + self.lag_wait_seconds
+        self.refresh()
+        while self._verdict(claim) == "behind" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.refresh()
+
+    def _verdict(self, claim: AttemptCallback) -> Literal["live", "stale", "behind"]:
+        current = self.current(claim.run_id, claim.task_key)
+        if current is None:
+            return "behind"  # run or plan not folded yet
+        attempt_id, attempt, state = current
+        if attempt_id == claim.attempt_id and attempt == claim.attempt:
+            return "live" if state in _LIVE else "stale"
+        if attempt_id is None or attempt < claim.attempt:
+            return "behind"  # the claimed dispatch is not folded yet
+        return "stale"
+
+
+class _Callbacks:
+    """Turns accepted callbacks into ledger facts."""
+
+    def __init__(self, home: Home, projection: _Projection) -> None:
+        self.home = home
+        self.projection = projection
+        self.secret = home.secret
+        self.config = ControllerConfig(catalog=Catalog(default_spec()), source="serve")
+        self.ledger = Ledger(home.store, on_append=NotifySpool.for_home(home).post)
+
+    def service(self, appended: list[str]) -> CallbackService:
+        """A CallbackService whose appends are recorded in `appended`."""
+
+        def append(event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
+            now = datetime.now(UTC)
+            source = f"worker:{data['worker_id']}"
+            event = Emitter(self.config, self.home.tenant, self.home.workspace, now, source).emit(event_type, data)
+            # Random ids: two reports of one fact within a millisecond must not collide
+            # on bytes; the fold keeps one per idempotency key (INV-2).
+            event = event._replace(event_id=new_ulid(now, secrets.token_bytes(10)), traceparent=traceparent)
+            self.ledger.append(event.event_id, event.to_json().encode())
+            appended.append(event.event_id)
+
+        h = self.home
+        return CallbackService(self.secret, h.tenant, h.workspace, self.projection.current, append)
+
+    def token_ok(self, body: AttemptCallback, token: str) -> bool:
+        h = self.home
+        expected = attempt_token(self.secret, h.tenant, h.workspace, body.run_id, body.task_key, body.attempt_id)
+        return body.tenant == h.tenant and body.workspace == h.workspace and hmac.compare_digest(expected, token)
+
+    def handle(self, kind: str, body: AttemptCallback, authorization: str | None) -> JSONResponse:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "missing_token", "send the delivery's token as 'Authorization: Bearer <token>'")
+        token = token.strip()
+        if self.token_ok(body, token):  # never let a forged claim make us wait
+            self.projection.settle(body)
+        delivery = Delivery(
+            tenant=body.tenant,
+            workspace=body.workspace,
+            run_id=body.run_id,
+            task_key=body.task_key,
+            attempt=body.attempt,
+            attempt_id=body.attempt_id,
+            token=token,
+            traceparent=body.traceparent,
+        )
+        appended: list[str] = []
+        service = self.service(appended)
+        try:
+            if isinstance(body, FinishedCallback):
+                service.finished(delivery, body.worker_id, body.outcome, body.error_message)
+            elif isinstance(body, HeartbeatCallback):
+                service.heartbeat(delivery, body.worker_id, datetime.now(UTC), body.progress_pct)
+            else:
+                service.started(delivery, body.worker_id)
+        except CallbackRejected as exc:
+            code = next(c for t, c in _ERROR_CODES.items() if isinstance(exc, t))
+            log.warning(
+                "callback rejected: %s error=%s tenant_id=%s run_id=%s task_key=%s attempt_id=%s detail=%s",
+                kind, code, body.tenant, body.run_id, body.task_key, body.attempt_id, exc,
+            )
+            return _error(exc.status, code, str(exc))
+        except InvalidEvent as exc:
+            return _error(422, "invalid_event", str(exc))
+        return JSONResponse({"accepted": True, "event_id": appended[-1] if appended else None})
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, str]]]:
+    problems = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        msg = str(error.get("msg", "invalid"))
+        if error.get("type") == "json_invalid":
+            where, msg = "body", f"malformed JSON: {error.get('ctx', {}).get('error', msg)}"
+        problems.append({"field": where, "message": msg})
+    return "; ".join(f"{p['field']}: {p['message']}" for p in problems), problems
+
+
+def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
+    """The FastAPI app of one embedded home (its tenant, workspace, ledger and projection)."""
+    projection = _Projection(home, lag_wait_seconds)
+    callbacks = _Callbacks(home, projection)
+    app = FastAPI(title="Servo", version="0.1.0", summary="Worker callbacks and run status for a Servo home.")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, problems = _validation_detail(exc)
+        return JSONResponse({"error": "invalid_request", "detail": detail, "problems": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
+
+    @app.exception_handler(ServoError)
+    async def servo_error(request: Request, exc: ServoError) -> JSONResponse:
+        log.error("request failed: %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(503, "unavailable", f"{type(exc).__name__}: {exc}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__} (see the server log)")
+
+    @app.post("/v1/callbacks/started")
+    def started(body: AttemptCallback, authorization: Auth = None) -> JSONResponse:
+        """The worker began the attempt."""
+        return callbacks.handle("started", body, authorization)
+
+    @app.post("/v1/callbacks/heartbeat")
+    def heartbeat(body: HeartbeatCallback, authorization: Auth = None) -> JSONResponse:
+        """The attempt is alive (optionally with progress)."""
+        return callbacks.handle("heartbeat", body, authorization)
+
+    @app.post("/v1/callbacks/finished")
+    def finished(body: FinishedCallback, authorization: Auth = None) -> JSONResponse:
+        """The attempt ended: SUCCEEDED, FAILED or CANCELLED."""
+        return callbacks.handle("finished", body, authorization)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        """Liveness, and how fresh the published projection is."""
+        snapshot = projection.refresh()
+        return {
+            "ok": True,
+            "tenant": home.tenant,
+            "workspace": home.workspace,
+            "manifest_seq": snapshot.seq,
+            "watermark": snapshot.watermark,
+        }
+
+    @app.get("/v1/runs")
+    def list_runs() -> dict[str, Any]:
+        """Every run of the published projection, newest first."""
+        runs = projection.refresh().tables["runs"]
+        return {"runs": sorted(runs, key=lambda r: str(r["created_at"]), reverse=True)}
+
+    @app.get("/v1/runs/{run_id}", response_model=None)
+    def show_run(run_id: str) -> dict[str, Any] | JSONResponse:
+        """One run and its tasks."""
+        tables = projection.refresh().tables
+        run = next((r for r in tables["runs"] if r["run_id"] == run_id), None)
+        if run is None:
+            return _error(404, "unknown_run", f"no run {run_id!r} in this home")
+        return {"run": run, "tasks": [t for t in tables["tasks"] if t["run_id"] == run_id]}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus exposition of the default registry."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

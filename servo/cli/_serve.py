@@ -1,0 +1,110 @@
+"""`servo serve` (the HTTP API of a home) and `servo worker` (a standalone worker).
+
+    servo serve  --home .servo --port 8080                 # worker callbacks + run status
+    servo worker --home .servo --pipeline FILE.py          # runs dispatched tasks
+    servo run FILE.py --home .servo --external-workers     # dispatches, runs nothing itself
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from servo._errors import ServoError
+
+__all__ = ["serve_command", "worker_command"]
+
+HomeOption = Annotated[Path, typer.Option("--home", help="The Servo home directory.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    Console(stderr=True, soft_wrap=True).print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def serve_command(
+    home: HomeOption = Path(".servo"),
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed on start).")] = 8080,
+    lag_wait: Annotated[float, typer.Option(help="Seconds a callback may wait for the projection to catch up.")] = 2.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve a home's HTTP API: worker callbacks, run status, /metrics."""
+    import uvicorn
+
+    from servo.api import create_app
+    from servo.engine import Home
+
+    try:
+        h = Home.open(home)
+        h.secret  # noqa: B018 - create it now, so workers and the engine share one
+        app = create_app(h, lag_wait_seconds=lag_wait)
+    except ServoError as exc:
+        raise _fail(str(exc)) from None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()[1]
+    sys.stdout.write(f"servo serve: {h.root} on http://{host}:{bound}\n")
+    sys.stdout.flush()
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to
+    # the handler it found; a no-op one makes a requested stop exit 0, not -15.
+    _stop_on_signals(threading.Event())
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def worker_command(
+    pipeline_file: Annotated[Path, typer.Option("--pipeline", help="The Python file that declares the pipeline.")],
+    home: HomeOption = Path(".servo"),
+    server: Annotated[
+        str | None, typer.Option(help="Base URL of `servo serve` (default: each delivery's callback_base).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Tasks run at once (threads).")] = 4,
+    pipeline_name: Annotated[str | None, typer.Option("--name", help="Which pipeline, if the file has several.")] = None,
+    lease_seconds: Annotated[float, typer.Option(help="How long a leased task is ours before another worker may take it.")] = 300.0,
+    idle_exit: Annotated[float | None, typer.Option(help="Exit after this many seconds with nothing to do.")] = None,
+    wait_for_server: Annotated[float, typer.Option(help="Seconds to wait for --server to answer at start.")] = 5.0,
+) -> None:
+    """Run dispatched tasks of a home's queue, reporting to `servo serve` over HTTP."""
+    from servo.cli._run import _load_pipeline
+    from servo.engine import Home
+    from servo.worker import HttpWorker
+
+    if concurrency < 1:
+        raise _fail("--concurrency must be at least 1")
+    try:
+        pipeline = _load_pipeline(pipeline_file, pipeline_name)
+        h = Home.open(home, create=False)
+        worker = HttpWorker(h.queue_path, pipeline, server=server, concurrency=concurrency, lease_seconds=lease_seconds)
+        worker.check_server(wait_for_server)
+    except ServoError as exc:
+        raise _fail(str(exc)) from None
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    where = server or "each delivery's callback_base"
+    Console(stderr=True).print(f"servo worker: {pipeline.name} from {h.root}, reporting to {where}", markup=False)
+    try:
+        handled = worker.run(stop, idle_exit=idle_exit)
+    except ServoError as exc:
+        raise _fail(str(exc)) from None
+    Console(stderr=True).print(f"servo worker: stopped after {handled} task(s)", markup=False)

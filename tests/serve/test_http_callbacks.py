@@ -1,0 +1,125 @@
+"""The worker contract over real HTTP: `servo serve`'s callbacks on a loopback socket."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+from serve_helpers import Stage
+
+from servo.core.builders import TaskDef
+
+
+def _ledger_types(stage: Stage) -> dict[str, str]:
+    """event_id -> event_type of every event in the home's ledger."""
+    out = {}
+    for name in stage.ledger.list_event_names():
+        event = json.loads(stage.ledger.read(name.rsplit("/", 1)[1].removesuffix(".json")))
+        out[event["event_id"]] = event["event_type"]
+    return out
+
+
+def test_valid_callbacks_are_accepted_and_land_in_the_ledger(api: httpx.Client, stage: Stage) -> None:
+    stage.start_run("run_1", TaskDef("extract"))
+    call = stage.dispatch("run_1", "extract", 1)
+    started = api.post("/v1/callbacks/started", **call)
+    assert started.status_code == 200, started.text
+    beat = api.post("/v1/callbacks/heartbeat", json={**call["json"], "progress_pct": 40}, headers=call["headers"])
+    assert beat.status_code == 200, beat.text
+    done = api.post("/v1/callbacks/finished", json={**call["json"], "outcome": "SUCCEEDED"}, headers=call["headers"])
+    assert done.status_code == 200, done.text
+    bodies = [started.json(), beat.json(), done.json()]
+    assert all(b["accepted"] is True for b in bodies)
+    types = _ledger_types(stage)
+    assert [types[b["event_id"]] for b in bodies] == ["TaskStarted", "TaskHeartbeat", "TaskFinished"]
+    stage.compact()  # the serve process notified the spool; the compactor folds the facts
+    assert stage.tasks()["extract"]["state"] == "SUCCEEDED"
+    shown = api.get("/v1/runs/run_1").json()
+    assert shown["run"]["state"] == "SUCCEEDED"
+    assert [(t["task_key"], t["state"]) for t in shown["tasks"]] == [("extract", "SUCCEEDED")]
+
+
+def test_a_just_dispatched_attempt_is_not_refused_because_of_projection_lag(api: httpx.Client, stage: Stage) -> None:
+    """The serve process refreshes its projection (and waits briefly) before calling an attempt stale."""
+    stage.start_run("run_1", TaskDef("a"))
+    assert api.get("/v1/runs").status_code == 200  # the server has read the projection once
+    call = stage.dispatch("run_1", "a", 1, compact=False)  # appended, not yet published
+    threading.Timer(0.3, stage.compact).start()
+    response = api.post("/v1/callbacks/started", **call)
+    assert response.status_code == 200, response.text
+
+
+def test_an_old_attempt_after_a_retry_gets_409_with_a_clear_message(api: httpx.Client, stage: Stage) -> None:
+    stage.start_run("run_1", TaskDef("t", max_attempts=2))
+    first = stage.dispatch("run_1", "t", 1)
+    assert api.post("/v1/callbacks/started", **first).status_code == 200
+    failed = {**first["json"], "outcome": "FAILED", "error_message": "boom"}
+    assert api.post("/v1/callbacks/finished", json=failed, headers=first["headers"]).status_code == 200
+    stage.compact()
+    assert stage.tasks()["t"]["state"] == "RETRY_WAIT"
+    second = stage.retry("run_1", "t", 1)
+    before = set(_ledger_types(stage))
+    stale = api.post("/v1/callbacks/heartbeat", **first)
+    assert stale.status_code == 409
+    body = stale.json()
+    assert body["error"] == "stale_attempt"
+    assert "attempt 1" in body["detail"] and "not current" in body["detail"] and "attempt 2" in body["detail"]
+    assert set(_ledger_types(stage)) == before  # nothing appended for a stale callback
+    assert api.post("/v1/callbacks/started", **second).status_code == 200
+
+
+def test_a_forged_token_or_another_tenant_gets_403(api: httpx.Client, stage: Stage) -> None:
+    stage.start_run("run_1", TaskDef("a"))
+    call = stage.dispatch("run_1", "a", 1)
+    before = set(_ledger_types(stage))
+    forged = api.post("/v1/callbacks/started", json=call["json"], headers={"Authorization": "Bearer " + "0" * 64})
+    assert forged.status_code == 403
+    assert forged.json()["error"] == "forged_callback"
+    other = api.post("/v1/callbacks/started", json={**call["json"], "tenant": "acme"}, headers=call["headers"])
+    assert other.status_code == 403 and other.json()["error"] == "forged_callback"
+    missing = api.post("/v1/callbacks/started", json=call["json"])
+    assert missing.status_code == 401 and missing.json()["error"] == "missing_token"
+    assert set(_ledger_types(stage)) == before
+
+
+def test_malformed_bodies_get_422_with_a_json_message_never_a_500(api: httpx.Client, stage: Stage) -> None:
+    stage.start_run("run_1", TaskDef("a"))
+    call = stage.dispatch("run_1", "a", 1)
+    headers = {**call["headers"], "Content-Type": "application/json"}
+    cases = {
+        "not json": b"{not json",
+        "not an object": b"[1, 2]",
+        "missing attempt_id": json.dumps({k: v for k, v in call["json"].items() if k != "attempt_id"}).encode(),
+        "attempt as text": json.dumps({**call["json"], "attempt": "1"}).encode(),
+    }
+    for case, content in cases.items():
+        response = api.post("/v1/callbacks/started", content=content, headers=headers)
+        assert response.status_code == 422, (case, response.text)
+        body = response.json()
+        assert body["error"] == "invalid_request", case
+        assert "Traceback" not in response.text
+    missing = api.post("/v1/callbacks/started", content=cases["missing attempt_id"], headers=headers).json()
+    assert "attempt_id" in missing["detail"]
+    bad_outcome = api.post("/v1/callbacks/finished", json={**call["json"], "outcome": "MAYBE"}, headers=call["headers"])
+    assert bad_outcome.status_code == 422 and "outcome" in bad_outcome.json()["detail"]
+    bad_pct = api.post("/v1/callbacks/heartbeat", json={**call["json"], "progress_pct": 250}, headers=call["headers"])
+    assert bad_pct.status_code == 422 and "progress_pct" in bad_pct.json()["detail"]
+    unknown = api.post("/v1/callbacks/exploded", **call)
+    assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
+
+
+def test_health_runs_and_metrics_read_endpoints(api: httpx.Client, stage: Stage) -> None:
+    stage.start_run("run_1", TaskDef("a"), TaskDef("b", ["a"]))
+    health = api.get("/healthz")
+    assert health.status_code == 200 and health.json()["ok"] is True
+    runs = api.get("/v1/runs").json()["runs"]
+    assert [(r["run_id"], r["state"]) for r in runs] == [("run_1", "RUNNING")]
+    shown = api.get("/v1/runs/run_1").json()
+    assert {t["task_key"]: t["state"] for t in shown["tasks"]} == {"a": "READY", "b": "BLOCKED"}
+    missing = api.get("/v1/runs/run_nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "unknown_run"
+    metrics = api.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "# HELP" in metrics.text

@@ -1,0 +1,66 @@
+"""`HttpWorker` against a served home: what it acks, what it runs, what it retries."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from serve_helpers import Stage, serving
+
+from servo.api import Pipeline, TaskContext, create_app
+from servo.core.builders import TaskDef
+from servo.engine import Home
+from servo.queue import SqliteQueue
+from servo.worker import Delivery, HttpWorker
+
+
+def _enqueue(home: Home, name: str, call: dict[str, object], base: str = "") -> None:
+    body = call["json"]
+    assert isinstance(body, dict)
+    token = str(call["headers"]["Authorization"]).removeprefix("Bearer ")  # type: ignore[index]
+    fields = {k: body[k] for k in ("tenant", "workspace", "run_id", "task_key", "attempt", "attempt_id")}
+    delivery = Delivery(**fields, token=token, callback_base=base)
+    with SqliteQueue(home.queue_path) as queue:
+        queue.create_task(name, "dispatch", delivery.to_json(), datetime.now(UTC))
+
+
+def _pipeline(ran: list[str]) -> Pipeline:
+    pipeline = Pipeline("p")
+
+    @pipeline.task
+    def a(ctx: TaskContext) -> None:
+        ctx.heartbeat(progress_pct=10)
+        ran.append(ctx.attempt_id)
+
+    return pipeline
+
+
+def test_the_worker_runs_live_attempts_and_acks_refused_ones_without_running_them(
+    home: Home, stage: Stage, tmp_path: Path
+) -> None:
+    stage.start_run("run_1", TaskDef("a", max_attempts=2))
+    live = stage.dispatch("run_1", "a", 1)
+    forged = {**live, "headers": {"Authorization": "Bearer " + "f" * 64}}
+    ran: list[str] = []
+    with serving(create_app(home, lag_wait_seconds=0.5)) as url:
+        _enqueue(home, "d_live", live, base=url)  # reported to the delivery's callback_base
+        _enqueue(home, "d_forged", forged, base=url)
+        worker = HttpWorker(home.queue_path, _pipeline(ran), concurrency=2)
+        handled = worker.run(threading.Event(), idle_exit=0.5)
+    assert handled == 1 and ran == [live["json"]["attempt_id"]]  # type: ignore[index]
+    with SqliteQueue(home.queue_path) as queue:
+        assert queue.depth() == 0  # both acked: one finished, one refused (nothing to run)
+    stage.compact()
+    assert stage.tasks()["a"]["state"] == "SUCCEEDED"
+
+
+def test_an_unreachable_server_releases_the_lease_for_a_later_retry(home: Home, stage: Stage) -> None:
+    stage.start_run("run_1", TaskDef("a"))
+    _enqueue(home, "d_live", stage.dispatch("run_1", "a", 1))
+    ran: list[str] = []
+    worker = HttpWorker(home.queue_path, _pipeline(ran), server="http://127.0.0.1:9", concurrency=1)
+    assert worker.run(threading.Event(), idle_exit=0.3) == 0
+    assert ran == []
+    with SqliteQueue(home.queue_path) as queue:
+        assert queue.depth() == 1  # still pending: nacked, due again shortly

@@ -1,0 +1,46 @@
+"""`servo serve` and `servo worker` from the command line: clear errors, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from servo.cli import app
+from servo.engine import Home
+
+runner = CliRunner()
+EXAMPLE = Path(__file__).parents[2] / "examples" / "pipeline.py"
+
+
+def _clear_error(result: object, text: str) -> None:
+    exit_code, output = result.exit_code, result.output  # type: ignore[attr-defined]
+    assert exit_code == 2, output
+    assert text in output, output
+    assert "Traceback" not in output
+
+
+def test_serve_on_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--home", str(tmp_path / "h"), "--port", str(port)])
+    _clear_error(result, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_worker_errors_name_the_problem(tmp_path: Path) -> None:
+    home = Home.open(tmp_path / "h").root
+    missing = runner.invoke(app, ["worker", "--home", str(home), "--pipeline", str(tmp_path / "nope.py")])
+    _clear_error(missing, "no such file")
+    no_home = runner.invoke(app, ["worker", "--home", str(tmp_path / "none"), "--pipeline", str(EXAMPLE)])
+    _clear_error(no_home, "no Servo home here")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        args = ["worker", "--home", str(home), "--pipeline", str(EXAMPLE), "--server", f"http://127.0.0.1:{port}"]
+        unreachable = runner.invoke(app, [*args, "--wait-for-server", "0.3"])
+    _clear_error(unreachable, "cannot reach servo serve at")
+    bad = runner.invoke(app, ["worker", "--home", str(home), "--pipeline", str(EXAMPLE), "--concurrency", "0"])
+    _clear_error(bad, "--concurrency must be at least 1")
