@@ -10,6 +10,15 @@ outbox rows and SCHEDULED timers, hand delivered queue tasks to the worker pool 
 `on_timer_fired`, and compact. Killed at any moment, a new driver resumes the same
 run: the ledger is durable, the queue redelivers what was never acked, and every
 event it may repeat carries the same idempotency key.
+
+Replicas, anti-entropy and Cloud Tasks (ADR 010): several drivers may run on one
+home. Starting a compactor fences the older one, so one replica leads (folds and
+publishes); a fenced one keeps driving from the published projection and posts its
+appends as notices, and takes the epoch over if the manifest stops moving. Every
+`repair_seconds` anti-entropy re-emits intents for stuck work and sweeps the ledger.
+The queue is any `TaskQueue`: the SQLite queue is leased here, any other (Cloud
+Tasks) pushes to the engine's worker endpoint. `faults` is a test-only seam called
+at named points ("after_dispatch_create", "after_timer_create").
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from servo._errors import FencedOut
 from servo.api import Pipeline
 from servo.compactor import Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
@@ -40,16 +50,24 @@ from servo.core.events import Catalog, Event
 from servo.core.ids import new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
 from servo.engine._home import Home
+from servo.engine._notices import Notices
 from servo.engine._notify import NotifySpool
-from servo.queue import SqliteQueue
+from servo.engine._push import PushEndpoint
+from servo.queue import SqliteQueue, TaskQueue
 from servo.queue._protocol import Lease
 from servo.storage import Ledger
-from servo.worker import CallbackService, Delivery
+from servo.worker import CallbackRejected, CallbackService, Delivery
 
 __all__ = ["EmbeddedEngine", "RunOutcome"]
 
 TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 DISPATCH, TIMER = "dispatch", "timer"
+FaultHook = Callable[[str, str], None]
+"""(point, dispatch_id or timer_id) -> None; raise to simulate a crash there (tests)."""
+
+
+def _no_faults(point: str, key: str) -> None:
+    return None
 
 
 @dataclass
@@ -102,6 +120,13 @@ class EmbeddedEngine:
         on_progress: Callable[[Mapping[str, int], str], None] | None = None,
         callback_base: str | None = None,
         sweep_seconds: float = 5.0,
+        queue: TaskQueue | None = None,
+        replica: str = "embedded",
+        repair_seconds: float = 10.0,
+        repair_grace_sec: int = 60,
+        takeover_seconds: float = 5.0,
+        push_port: int = 0,
+        faults: FaultHook = _no_faults,
     ) -> None:
         self.home = home
         self.pipeline = pipeline
@@ -113,14 +138,30 @@ class EmbeddedEngine:
         self._wake = threading.Event()
         self.ledger = Ledger(self.store, on_append=self._appended)
         self.reader = ProjectionReader(StateView(self.store), self.spec)
-        self.queue = SqliteQueue(home.queue_path)
+        self._owns_queue = queue is None
+        self.queue: TaskQueue = queue if queue is not None else SqliteQueue(home.queue_path)
+        # The SQLite queue is leased by this loop; any other queue pushes to _on_push.
+        self._leasing = self.queue if isinstance(self.queue, SqliteQueue) else None
+        self._push: PushEndpoint | None = None
+        self.push_port = push_port
+        self.replica = replica
+        self.notices = Notices(self.store)
+        self.leading = False
+        """Whether this replica holds the compactor epoch (folds and publishes)."""
+        self._unpublished: list[str] = []
+        self._leader_seq, self._leader_seen_at = -1, 0.0
+        self.takeover_seconds = takeover_seconds
+        self.repair_seconds = repair_seconds
+        self.faults = faults
+        self._timers_enqueued: set[str] = set()
         policy = min((t.retry for t in pipeline.tasks.values()), key=lambda r: r.base_sec)
         self.config = ControllerConfig(
             catalog=self.catalog,
-            source="embedded",
+            source=replica,
             retry_base_sec=policy.base_sec,
             retry_factor=policy.factor,
             retry_cap_sec=policy.cap_sec,
+            repair_grace_sec=repair_grace_sec,
         )
         self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._append_fact)
         self.workers = workers
@@ -128,6 +169,7 @@ class EmbeddedEngine:
         self.lease_seconds = lease_seconds
         self.on_progress = on_progress
         self._view = ProjectionView.from_tables({})
+        self._watermark = datetime.min.replace(tzinfo=UTC)
         self._running: dict[str, Future[None]] = {}
         self._repaired_at = datetime.min.replace(tzinfo=UTC)
         # External workers (`servo worker` via `servo serve`): dispatch, run nothing here.
@@ -140,8 +182,51 @@ class EmbeddedEngine:
 
     def _appended(self, event_ids: list[str]) -> None:
         with self._lock:
-            self.compactor.notify(event_ids)
+            if self.leading:
+                self.compactor.notify(event_ids)
+                self._unpublished.extend(event_ids)
+            else:
+                self.notices.post(event_ids)  # the leader's compactor folds them
         self._wake.set()
+
+    def _lead(self) -> None:
+        """Take the compactor epoch (fencing any older replica) and catch up by one sweep.
+
+        A replica that loses a racing start stays a follower. Caller holds the lock.
+        """
+        compactor = Compactor(self.store, self.spec, registry(), merge_every=64)
+        self.notices.start_reading()  # the sweep below covers everything before this
+        try:
+            compactor.start()
+        except FencedOut:
+            self.leading, self._leader_seen_at = False, time.monotonic()
+            return
+        compactor.repair()  # notifications died with any previous process
+        self.compactor, self.leading = compactor, True
+        self._unpublished.clear()
+
+    def _compact(self) -> datetime | None:
+        """Fold what is new if this replica leads: its time caught up, else None."""
+        if not self.leading:
+            return None
+        self.compactor.notify(self.notices.take())
+        try:
+            self.compactor.compact()
+        except FencedOut:  # a newer replica leads now: hand it what we never published
+            self.leading, self._leader_seen_at = False, time.monotonic()
+            self.notices.post(self._unpublished)
+            return None
+        self._unpublished.clear()
+        return self.compactor.caught_up_at
+
+    def _watch_leader(self, seq: int) -> None:
+        """A follower takes the epoch over once the manifest stopped moving."""
+        now = time.monotonic()
+        if seq != self._leader_seq:
+            self._leader_seq, self._leader_seen_at = seq, now
+        elif now - self._leader_seen_at > self.takeover_seconds:
+            with self._lock:
+                self._lead()
 
     def _append(self, events: list[Event]) -> None:
         if events:
@@ -149,7 +234,7 @@ class EmbeddedEngine:
 
     def _append_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         now = datetime.now(UTC)
-        emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, "worker:embedded")
+        emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, f"worker:{self.replica}")
         event = emit.emit(event_type, data)
         if event_type == "TaskHeartbeat":  # many per attempt: make each id unique in time
             event = event._replace(event_id=new_ulid(now, event.event_id[-16:].encode()[:10]))
@@ -175,14 +260,17 @@ class EmbeddedEngine:
         (the manifest's watermark only moves once per idle second).
         """
         with self._lock:
-            self._pick_up_external()
-            self.compactor.compact()
-            caught_up = self.compactor.caught_up_at
+            if self.leading:
+                self._pick_up_external()
+            caught_up = self._compact()
         snapshot = self.reader.read()
+        if not self.leading:
+            self._watch_leader(snapshot.seq)
         self._view = ProjectionView.from_tables(snapshot.tables)
         published = datetime.fromisoformat(snapshot.watermark) if snapshot.watermark else None
         candidates = [t for t in (caught_up, published) if t is not None]
-        watermark = max(candidates) if candidates else datetime.now(UTC)
+        watermark = max(candidates) if candidates else datetime.now(UTC) if self.leading else self._watermark
+        self._watermark = watermark
         return self._view, watermark
 
     # ---------------------------------------------------------------- run --
@@ -191,8 +279,9 @@ class EmbeddedEngine:
         """Run the pipeline to completion (resuming an unfinished run of it)."""
         started = time.monotonic()
         with self._lock:
-            self.compactor.start()
-            self.compactor.repair()  # notifications died with any previous process
+            self._lead()
+        if self._leasing is None:
+            self._push = PushEndpoint(self._on_push, port=self.push_port)
         view, _ = self._refresh()
         run_id, resumed = self._start_or_resume(view, run_key)
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
@@ -210,7 +299,11 @@ class EmbeddedEngine:
                 self._wake.clear()
         finally:
             pool.shutdown(wait=True)
-            self.queue.close()
+            if self._push is not None:
+                self._push.close()
+                self._push = None
+            if self._owns_queue and self._leasing is not None:
+                self._leasing.close()
         view, _ = self._refresh()
         tables = self.reader.read().tables
         run_row = next(r for r in tables["runs"] if r["run_id"] == run_id)
@@ -253,9 +346,14 @@ class EmbeddedEngine:
     def _step(self, view: ProjectionView, watermark: datetime, run_id: str, pool: ThreadPoolExecutor) -> None:
         now = datetime.now(UTC)
         tenant, workspace, config = self.home.tenant, self.home.workspace, self.config
-        self._append(reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
-        if now - self._repaired_at >= timedelta(seconds=10):  # anti-entropy, INV-5
+        # One intent emitter, the epoch holder (ADR 010): attempt ids are minted from `now`,
+        # so a follower's late duplicate with a lower id would re-pick a dispatched attempt.
+        if self.leading:
+            self._append(reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
+        if self.leading and now - self._repaired_at >= timedelta(seconds=self.repair_seconds):  # INV-5
             self._repaired_at = now
+            with self._lock:
+                self.compactor.repair()  # events whose notice was lost (P6: listing here only)
             self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
         for row in pending_dispatches(view):
             delivery = Delivery(
@@ -268,58 +366,106 @@ class EmbeddedEngine:
                 token=self.callbacks.token_for(row.run_id, row.task_key, row.attempt_id),
                 callback_base=self.callback_base or "",
             )
-            created = self.queue.create_task(row.cloud_task_id, DISPATCH, delivery.to_json(), now)
+            created = self.queue.create_task(row.cloud_task_id, self._target(DISPATCH), delivery.to_json(), now)
+            self.faults("after_dispatch_create", row.dispatch_id)
             status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
             self._append(dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config))
         for timer in view.timers.values():
-            if timer.state == "SCHEDULED" and timer.run_id == run_id:
-                self.queue.create_task(timer.cloud_task_id, TIMER, timer.timer_id.encode(), timer.fire_at)
+            if timer.state == "SCHEDULED" and timer.run_id == run_id and timer.timer_id not in self._timers_enqueued:
+                self.queue.create_task(timer.cloud_task_id, self._target(TIMER), timer.timer_id.encode(), timer.fire_at)
+                self._timers_enqueued.add(timer.timer_id)  # once per driver; a lost one is repair's
+                self.faults("after_timer_create", timer.timer_id)
+        if self._leasing is None:
+            return  # pushed to _on_push
         only = TIMER if self.callback_base is not None else None  # dispatches are for `servo worker`
-        for lease in self.queue.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
+        for lease in self._leasing.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
             self._deliver(lease, view, watermark, now, pool)
+
+    def _target(self, kind: str) -> str:
+        return f"{self._push.url}/{kind}" if self._push is not None else kind
+
+    @staticmethod
+    def _knows(view: ProjectionView, payload: bytes) -> bool:
+        """Whether `view` has the attempt a delivery names: a replica's view may lag the
+        one that dispatched it, and must not refuse that attempt as stale."""
+        try:
+            delivery = Delivery.from_json(payload)
+        except CallbackRejected:
+            return True  # the contract refuses it
+        task = view.task(delivery.run_id, delivery.task_key)
+        return task is not None and task.attempt >= delivery.attempt
+
+    def _on_push(self, kind: str, name: str, body: bytes) -> int:
+        """A Cloud Tasks push: run the attempt or the timer handler; 503 asks for a retry."""
+        view, watermark, now = self._view, self._watermark, datetime.now(UTC)
+        if kind == TIMER:
+            timer = view.timers.get(body.decode())
+            if timer is None:
+                return 503  # not folded yet
+            tenant, workspace = self.home.tenant, self.home.workspace
+            self._append(on_timer_fired(view, timer, now, watermark, tenant=tenant, workspace=workspace, config=self.config))
+            return 200
+        if kind != DISPATCH:
+            return 404
+        if not self._knows(view, body):
+            return 503
+        self._attempt(Delivery.from_json(body), f"push:{self.replica}")
+        return 200
 
     def _deliver(self, lease: Lease, view: ProjectionView, watermark: datetime, now: datetime, pool: ThreadPoolExecutor) -> None:
         task = lease.task
         if task.target == TIMER:
             timer = view.timers.get(task.payload.decode())
             if timer is None:
-                self.queue.nack(lease, now + timedelta(seconds=1))  # not folded yet
+                self._nack(lease, now + timedelta(seconds=1))  # not folded yet
                 return
             self._append(
                 on_timer_fired(
                     view, timer, now, watermark, tenant=self.home.tenant, workspace=self.home.workspace, config=self.config
                 )
             )
-            self.queue.ack(lease)
+            self._ack(lease)
             return
         if task.name in self._running:
             return
+        if not self._knows(view, task.payload):
+            self._nack(lease, now + timedelta(seconds=0.1))
+            return
         self._running[task.name] = pool.submit(self._work, lease)
 
+    def _ack(self, lease: Lease) -> None:
+        assert self._leasing is not None
+        self._leasing.ack(lease)
+
+    def _nack(self, lease: Lease, retry_at: datetime) -> None:
+        assert self._leasing is not None
+        self._leasing.nack(lease, retry_at)
+
     def _work(self, lease: Lease) -> None:
-        """Run one delivered attempt through the worker contract, then ack."""
-        delivery = Delivery.from_json(lease.task.payload)
-        worker_id = threading.current_thread().name
+        """Run one leased attempt through the worker contract, then ack."""
         try:
-            try:
-                self.callbacks.started(delivery, worker_id)
-            except Exception:
-                self.queue.ack(lease)  # stale or forged: nothing to run
-                return
-            context = _TaskContext(delivery, self.callbacks, worker_id)
-            try:
-                self.pipeline.call(delivery.task_key, context)
-            except Exception as exc:
-                message = f"{type(exc).__name__}: {exc}"
-                last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-                where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-                self.callbacks.finished(delivery, worker_id, "FAILED", message + where)
-            else:
-                self.callbacks.finished(delivery, worker_id, "SUCCEEDED")
-            self.queue.ack(lease)
+            self._attempt(Delivery.from_json(lease.task.payload), threading.current_thread().name)
+            self._ack(lease)
         finally:
             self._running.pop(lease.task.name, None)
             self._wake.set()
+
+    def _attempt(self, delivery: Delivery, worker_id: str) -> None:
+        """Run one delivered attempt through the worker contract (a stale one: nothing)."""
+        try:
+            self.callbacks.started(delivery, worker_id)
+        except Exception:
+            return  # stale or forged: nothing to run
+        context = _TaskContext(delivery, self.callbacks, worker_id)
+        try:
+            self.pipeline.call(delivery.task_key, context)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+            self.callbacks.finished(delivery, worker_id, "FAILED", message + where)
+        else:
+            self.callbacks.finished(delivery, worker_id, "SUCCEEDED")
 
     def _progress(self, view: ProjectionView, run_id: str) -> None:
         if self.on_progress is None:
