@@ -19,10 +19,12 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from servo import obs
 from servo.api import Pipeline
 from servo.compactor import Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
@@ -39,6 +41,7 @@ from servo.core.controllers import (
 from servo.core.events import Catalog, Event
 from servo.core.ids import new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
+from servo.engine import _observe
 from servo.engine._home import Home
 from servo.queue import SqliteQueue
 from servo.queue._protocol import Lease
@@ -109,6 +112,7 @@ class EmbeddedEngine:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self.ledger = Ledger(self.store, on_append=self._appended)
+        self._traces = _observe.RunTraces(self.ledger)
         self.reader = ProjectionReader(StateView(self.store), self.spec)
         self.queue = SqliteQueue(home.queue_path)
         policy = min((t.retry for t in pipeline.tasks.values()), key=lambda r: r.base_sec)
@@ -137,12 +141,14 @@ class EmbeddedEngine:
 
     def _append(self, events: list[Event]) -> None:
         if events:
-            self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
+            events = self._traces.stamp(events)  # obs: the run's trace; ids and keys unchanged
+            created = self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
+            _observe.record_appended(events, created)
 
     def _append_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         now = datetime.now(UTC)
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, "worker:embedded")
-        event = emit.emit(event_type, data)
+        event = emit.emit(event_type, data)._replace(traceparent=traceparent)
         if event_type == "TaskHeartbeat":  # many per attempt: make each id unique in time
             event = event._replace(event_id=new_ulid(now, event.event_id[-16:].encode()[:10]))
         self._append([event])
@@ -178,6 +184,7 @@ class EmbeddedEngine:
             self.compactor.repair()  # notifications died with any previous process
         view, _ = self._refresh()
         run_id, resumed = self._start_or_resume(view, run_key)
+        bound = obs.bind(tenant_id=self.home.tenant, run_id=run_id, trace_id=obs.trace_id_of(self._traces.get(run_id)))
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
         try:
             while True:
@@ -191,13 +198,18 @@ class EmbeddedEngine:
                 self._progress(view, run_id)
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
+        except Exception as exc:
+            _observe.run_failed(run_id, exc)
+            raise
         finally:
             pool.shutdown(wait=True)
             self.queue.close()
+            obs.unbind(bound)
         view, _ = self._refresh()
         tables = self.reader.read().tables
         run_row = next(r for r in tables["runs"] if r["run_id"] == run_id)
         tasks = [t for t in tables["tasks"] if t["run_id"] == run_id]
+        _observe.run_finished(run_row, time.monotonic() - started)
         return RunOutcome(run_row, tasks, resumed, time.monotonic() - started)
 
     def _start_or_resume(self, view: ProjectionView, run_key: str | None) -> tuple[str, bool]:
@@ -206,12 +218,14 @@ class EmbeddedEngine:
             labels = row.get("labels") or {}
             mine = labels.get("servo.pipeline") == self.pipeline.name and row["state"] not in TERMINAL_RUN
             if mine and (run_key is None or row.get("run_key") == run_key):
+                self._traces.resume(row)
                 return str(row["run_id"]), True
         now = datetime.now(UTC)
         key = run_key or f"{self.pipeline.name}:{now.isoformat()}"
         run_id = run_id_from_run_key(self.home.secret, self.home.tenant, self.home.workspace, key)
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, "cli:run")
         plan_id = self.pipeline.plan_id()
+        self._traces.trigger(run_id, self.pipeline.name)  # RunTriggered and PlanCreated carry it
         self._append(
             [
                 emit.emit(
@@ -236,7 +250,9 @@ class EmbeddedEngine:
     def _step(self, view: ProjectionView, watermark: datetime, run_id: str, pool: ThreadPoolExecutor) -> None:
         now = datetime.now(UTC)
         tenant, workspace, config = self.home.tenant, self.home.workspace, self.config
-        self._append(reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
+        with obs.observe(obs.RECONCILE_SECONDS, "reconcile"):
+            events = reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config)
+        self._append(events)
         if now - self._repaired_at >= timedelta(seconds=10):  # anti-entropy, INV-5
             self._repaired_at = now
             self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
@@ -249,15 +265,19 @@ class EmbeddedEngine:
                 attempt=row.attempt,
                 attempt_id=row.attempt_id,
                 token=self.callbacks.token_for(row.run_id, row.task_key, row.attempt_id),
+                traceparent=self._traces.delivery(row),
             )
             created = self.queue.create_task(row.cloud_task_id, DISPATCH, delivery.to_json(), now)
             status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
+            if created:
+                _observe.observe_dispatch(view, row, now)
             self._append(dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config))
         for timer in view.timers.values():
             if timer.state == "SCHEDULED" and timer.run_id == run_id:
                 self.queue.create_task(timer.cloud_task_id, TIMER, timer.timer_id.encode(), timer.fire_at)
         for lease in self.queue.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds):
             self._deliver(lease, view, watermark, now, pool)
+        obs.set_queue_depth(self.queue.depth_by_state(now))
 
     def _deliver(self, lease: Lease, view: ProjectionView, watermark: datetime, now: datetime, pool: ThreadPoolExecutor) -> None:
         task = lease.task
@@ -281,6 +301,8 @@ class EmbeddedEngine:
         """Run one delivered attempt through the worker contract, then ack."""
         delivery = Delivery.from_json(lease.task.payload)
         worker_id = threading.current_thread().name
+        scope = ExitStack()  # obs: the worker's span and log ids for this attempt
+        delivery = scope.enter_context(_observe.attempt_scope(delivery))
         try:
             try:
                 self.callbacks.started(delivery, worker_id)
@@ -288,17 +310,23 @@ class EmbeddedEngine:
                 self.queue.ack(lease)  # stale or forged: nothing to run
                 return
             context = _TaskContext(delivery, self.callbacks, worker_id)
+            began = time.perf_counter()
             try:
                 self.pipeline.call(delivery.task_key, context)
             except Exception as exc:
+                _observe.task_finished(delivery, time.perf_counter() - began, exc)
                 message = f"{type(exc).__name__}: {exc}"
                 last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
                 where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
                 self.callbacks.finished(delivery, worker_id, "FAILED", message + where)
             else:
+                _observe.task_finished(delivery, time.perf_counter() - began)
                 self.callbacks.finished(delivery, worker_id, "SUCCEEDED")
             self.queue.ack(lease)
+        except Exception as exc:  # nothing reads the future: log it, the queue redelivers
+            _observe.worker_failed(delivery, exc)
         finally:
+            scope.close()
             self._running.pop(lease.task.name, None)
             self._wake.set()
 

@@ -16,9 +16,11 @@ from servo.obs._logging import (
     CONTEXT_FIELDS,
     HumanFormatter,
     JsonFormatter,
+    bind,
     configure_logging,
     current_context,
     log_context,
+    unbind,
 )
 from servo.obs._metrics import (
     CALLBACK_SECONDS,
@@ -45,6 +47,7 @@ from servo.obs._metrics import (
 )
 from servo.obs._trace import (
     child_traceparent,
+    mark_span_failed,
     new_run_traceparent,
     parse_traceparent,
     task_span,
@@ -68,12 +71,14 @@ __all__ = [
     "TASK_EXECUTION_SECONDS",
     "HumanFormatter",
     "JsonFormatter",
+    "bind",
     "child_traceparent",
     "configure_logging",
     "count_appended",
     "count_rejected",
     "current_context",
     "log_context",
+    "mark_span_failed",
     "new_run_traceparent",
     "observe",
     "observe_dispatch_latency",
@@ -84,4 +89,5 @@ __all__ = [
     "task_span",
     "timed",
     "trace_id_of",
+    "unbind",
 ]

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import IO, Any, Final
@@ -32,9 +32,11 @@ __all__ = [
     "CONTEXT_FIELDS",
     "HumanFormatter",
     "JsonFormatter",
+    "bind",
     "configure_logging",
     "current_context",
     "log_context",
+    "unbind",
 ]
 
 CONTEXT_FIELDS: Final = ("tenant_id", "workspace_id", "run_id", "task_key", "attempt", "attempt_id", "trace_id")
@@ -45,14 +47,24 @@ _STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "
 logging.getLogger("servo").addHandler(logging.NullHandler())  # a library stays quiet unless configured
 
 
+def bind(**ids: Any) -> Token[Mapping[str, Any]]:
+    """Add ids to this thread's log context until `unbind(token)` (None values are skipped)."""
+    return _CONTEXT.set(MappingProxyType({**_CONTEXT.get(), **{k: v for k, v in ids.items() if v is not None}}))
+
+
+def unbind(token: Token[Mapping[str, Any]]) -> None:
+    """Restore the log context `bind` replaced."""
+    _CONTEXT.reset(token)
+
+
 @contextmanager
 def log_context(**ids: Any) -> Iterator[None]:
     """Add ids to every servo log record written inside the block (None values are skipped)."""
-    token = _CONTEXT.set({**_CONTEXT.get(), **{k: v for k, v in ids.items() if v is not None}})
+    token = bind(**ids)
     try:
         yield
     finally:
-        _CONTEXT.reset(token)
+        unbind(token)
 
 
 def current_context() -> Mapping[str, Any]:

@@ -27,7 +27,14 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["child_traceparent", "new_run_traceparent", "parse_traceparent", "task_span", "trace_id_of"]
+__all__ = [
+    "child_traceparent",
+    "mark_span_failed",
+    "new_run_traceparent",
+    "parse_traceparent",
+    "task_span",
+    "trace_id_of",
+]
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _tracer: trace.Tracer = trace.get_tracer("servo")
@@ -124,3 +131,11 @@ def task_span(
         if token is not None:
             otel_context.detach(token)
         span.end()
+
+
+def mark_span_failed(error: BaseException) -> None:
+    """Record `error` on the current span (the task span inside `task_span`), if it records."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
