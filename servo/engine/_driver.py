@@ -277,7 +277,7 @@ class EmbeddedEngine:
                 self.queue.create_task(timer.cloud_task_id, TIMER, timer.timer_id.encode(), timer.fire_at)
         for lease in self.queue.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds):
             self._deliver(lease, view, watermark, now, pool)
-        obs.set_queue_depth(self.queue.depth_by_state(now))
+        _observe.observe_queue_depth(self.queue, now)
 
     def _deliver(self, lease: Lease, view: ProjectionView, watermark: datetime, now: datetime, pool: ThreadPoolExecutor) -> None:
         task = lease.task

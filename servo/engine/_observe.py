@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,6 +25,7 @@ from servo import obs
 from servo._errors import ServoError
 from servo.core.controllers import OutboxRecord, ProjectionView, deterministic_ulid
 from servo.core.events import Event
+from servo.queue import SqliteQueue
 from servo.storage import Ledger
 from servo.worker import Delivery
 
@@ -30,6 +33,7 @@ __all__ = [
     "RunTraces",
     "attempt_scope",
     "observe_dispatch",
+    "observe_queue_depth",
     "record_appended",
     "run_failed",
     "run_finished",
@@ -109,6 +113,18 @@ def observe_dispatch(view: ProjectionView, row: OutboxRecord, now: datetime) -> 
     task = view.task(row.run_id, row.task_key)
     if task is not None and row.attempt == 1 and task.deps_total > 0:
         obs.observe_dispatch_latency(task.ready_at, now)
+
+
+_DEPTH_EVERY: Final = 0.1
+_depth_read_at: weakref.WeakKeyDictionary[SqliteQueue, float] = weakref.WeakKeyDictionary()
+
+
+def observe_queue_depth(queue: SqliteQueue, now: datetime) -> None:
+    """Refresh the queue-depth gauge, at most every 0.1 s (a count query costs ~0.3 ms)."""
+    clock = time.monotonic()
+    if clock - _depth_read_at.get(queue, float("-inf")) >= _DEPTH_EVERY:
+        _depth_read_at[queue] = clock
+        obs.set_queue_depth(queue.depth_by_state(now))
 
 
 @contextmanager
