@@ -103,3 +103,9 @@ def test_cli_default_is_human_and_quiet_below_warning(tmp_path: Path) -> None:
         assert not line.startswith("{")
         assert "INFO" not in line
     assert "report" in result.stderr and "ValueError" in result.stderr
+
+
+def test_cli_rejects_an_unknown_log_format_in_one_line(tmp_path: Path) -> None:
+    result = _run("--home", str(tmp_path / ".servo"), "--log-format", "xml")
+    assert result.returncode == 2
+    assert "log format must be human or json" in result.stderr and "Traceback" not in result.stderr
