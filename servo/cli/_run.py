@@ -64,11 +64,34 @@ def run_command(
     callback_base: Annotated[
         str, typer.Option(help="With --external-workers: the `servo serve` URL put in every delivery.")
     ] = "http://127.0.0.1:8080",
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="human or json (default: $SERVO_LOG_FORMAT, else human).")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING... (default: $SERVO_LOG_LEVEL, else WARNING).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port during the run.")
+    ] = None,
+    metrics_addr: Annotated[str, typer.Option("--metrics-addr", help="Address for --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Run a pipeline to completion; exit 1 if the run did not succeed."""
     from servo.engine import EmbeddedEngine, Home
+    from servo.obs import configure_logging, serve_metrics
 
     err = Console(stderr=True, soft_wrap=True)
+    try:
+        configure_logging(log_format, log_level)
+    except ValueError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    stop_metrics = None
+    if metrics_port is not None:
+        try:
+            stop_metrics = serve_metrics(metrics_port, metrics_addr)
+        except OSError as exc:
+            err.print(f"error: cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}")
+            raise typer.Exit(2) from None
     try:
         pipeline = _load_pipeline(file, pipeline_name)
         live: Live | None = None
@@ -92,6 +115,9 @@ def run_command(
     except TimeoutError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(3) from None
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     if as_json:
         body = {"run": outcome.run, "tasks": outcome.tasks, "resumed": outcome.resumed, "seconds": round(outcome.seconds, 3)}
         sys.stdout.write(json.dumps(body, indent=2) + "\n")

@@ -23,6 +23,7 @@ from servo.core._registry import Registry
 from servo.core.events import format_timestamp
 from servo.core.fold import LAYER1_TABLES, Projection
 from servo.core.ids import is_ulid, ulid_timestamp
+from servo.obs import COMPACTION_SECONDS, count_rejected, timed
 from servo.spec import Spec
 from servo.storage import Ledger, ScopedStore
 from servo.tables._parquet import parquet_bytes
@@ -160,6 +161,7 @@ class Compactor:
 
     # ------------------------------------------------------------ compact --
 
+    @timed(COMPACTION_SECONDS, "compactor")
     def compact(self, now: datetime | None = None) -> Manifest | None:
         """One micro-compaction of the pending events; None when nothing changed.
 
@@ -185,6 +187,7 @@ class Compactor:
         self._watermark = max(cut, self._watermark) if self._watermark else cut
         read = self._fold_ids(ids)
         changes = self.projection.take_changes()
+        count_rejected(changes.get("rejected_events", ([], []))[0], read)
         seq = self.manifest.seq + 1
         if len(self.manifest.deltas) + 1 >= self.merge_every:
             manifest = self._write_base(seq, read)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from servo._errors import CasConflict, ObjectExists, ObjectNotFound
+from servo.obs import MANIFEST_PUBLISH_SECONDS, timed
 from servo.storage import ScopedStore, StoredObject
 
 __all__ = ["POINTER", "Manifest", "ManifestReader", "ManifestStore", "ObjectReader", "manifest_name"]
@@ -118,6 +119,7 @@ class ManifestStore(ManifestReader):
         super().__init__(store)
         self.writer = store
 
+    @timed(MANIFEST_PUBLISH_SECONDS, "manifest")
     def publish(self, manifest: Manifest) -> bool:
         """Create manifest `seq`; False if that number is already taken (lost the race)."""
         try:

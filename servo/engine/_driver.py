@@ -28,10 +28,12 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from servo import obs
 from servo._errors import FencedOut
 from servo.api import Pipeline
 from servo.compactor import Compactor, ProjectionReader, StateView
@@ -49,6 +51,7 @@ from servo.core.controllers import (
 from servo.core.events import Catalog, Event
 from servo.core.ids import new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
+from servo.engine import _observe
 from servo.engine._home import Home
 from servo.engine._notices import Notices
 from servo.engine._notify import NotifySpool
@@ -137,6 +140,7 @@ class EmbeddedEngine:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self.ledger = Ledger(self.store, on_append=self._appended)
+        self._traces = _observe.RunTraces(self.ledger)
         self.reader = ProjectionReader(StateView(self.store), self.spec)
         self._owns_queue = queue is None
         self.queue: TaskQueue = queue if queue is not None else SqliteQueue(home.queue_path)
@@ -230,12 +234,14 @@ class EmbeddedEngine:
 
     def _append(self, events: list[Event]) -> None:
         if events:
-            self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
+            events = self._traces.stamp(events)  # obs: the run's trace; ids and keys unchanged
+            created = self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
+            _observe.record_appended(events, created)
 
     def _append_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         now = datetime.now(UTC)
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, f"worker:{self.replica}")
-        event = emit.emit(event_type, data)
+        event = emit.emit(event_type, data)._replace(traceparent=traceparent)
         if event_type == "TaskHeartbeat":  # many per attempt: make each id unique in time
             event = event._replace(event_id=new_ulid(now, event.event_id[-16:].encode()[:10]))
         self._append([event])
@@ -284,6 +290,7 @@ class EmbeddedEngine:
             self._push = PushEndpoint(self._on_push, port=self.push_port)
         view, _ = self._refresh()
         run_id, resumed = self._start_or_resume(view, run_key)
+        bound = obs.bind(tenant_id=self.home.tenant, run_id=run_id, trace_id=obs.trace_id_of(self._traces.get(run_id)))
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
         try:
             while True:
@@ -297,6 +304,9 @@ class EmbeddedEngine:
                 self._progress(view, run_id)
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
+        except Exception as exc:
+            _observe.run_failed(run_id, exc)
+            raise
         finally:
             pool.shutdown(wait=True)
             if self._push is not None:
@@ -304,10 +314,12 @@ class EmbeddedEngine:
                 self._push = None
             if self._owns_queue and self._leasing is not None:
                 self._leasing.close()
+            obs.unbind(bound)
         view, _ = self._refresh()
         tables = self.reader.read().tables
         run_row = next(r for r in tables["runs"] if r["run_id"] == run_id)
         tasks = [t for t in tables["tasks"] if t["run_id"] == run_id]
+        _observe.run_finished(run_row, time.monotonic() - started)
         return RunOutcome(run_row, tasks, resumed, time.monotonic() - started)
 
     def _start_or_resume(self, view: ProjectionView, run_key: str | None) -> tuple[str, bool]:
@@ -316,12 +328,14 @@ class EmbeddedEngine:
             labels = row.get("labels") or {}
             mine = labels.get("servo.pipeline") == self.pipeline.name and row["state"] not in TERMINAL_RUN
             if mine and (run_key is None or row.get("run_key") == run_key):
+                self._traces.resume(row)
                 return str(row["run_id"]), True
         now = datetime.now(UTC)
         key = run_key or f"{self.pipeline.name}:{now.isoformat()}"
         run_id = run_id_from_run_key(self.home.secret, self.home.tenant, self.home.workspace, key)
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, "cli:run")
         plan_id = self.pipeline.plan_id()
+        self._traces.trigger(run_id, self.pipeline.name)  # RunTriggered and PlanCreated carry it
         self._append(
             [
                 emit.emit(
@@ -349,7 +363,9 @@ class EmbeddedEngine:
         # One intent emitter, the epoch holder (ADR 010): attempt ids are minted from `now`,
         # so a follower's late duplicate with a lower id would re-pick a dispatched attempt.
         if self.leading:
-            self._append(reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
+            with obs.observe(obs.RECONCILE_SECONDS, "reconcile"):
+                events = reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config)
+            self._append(events)
         if self.leading and now - self._repaired_at >= timedelta(seconds=self.repair_seconds):  # INV-5
             self._repaired_at = now
             with self._lock:
@@ -365,10 +381,13 @@ class EmbeddedEngine:
                 attempt_id=row.attempt_id,
                 token=self.callbacks.token_for(row.run_id, row.task_key, row.attempt_id),
                 callback_base=self.callback_base or "",
+                traceparent=self._traces.delivery(row),
             )
             created = self.queue.create_task(row.cloud_task_id, self._target(DISPATCH), delivery.to_json(), now)
             self.faults("after_dispatch_create", row.dispatch_id)
             status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
+            if created:
+                _observe.observe_dispatch(view, row, now)
             self._append(dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config))
         for timer in view.timers.values():
             if timer.state == "SCHEDULED" and timer.run_id == run_id and timer.timer_id not in self._timers_enqueued:
@@ -380,6 +399,7 @@ class EmbeddedEngine:
         only = TIMER if self.callback_base is not None else None  # dispatches are for `servo worker`
         for lease in self._leasing.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
             self._deliver(lease, view, watermark, now, pool)
+        _observe.observe_queue_depth(self._leasing, now)
 
     def _target(self, kind: str) -> str:
         return f"{self._push.url}/{kind}" if self._push is not None else kind
@@ -452,20 +472,31 @@ class EmbeddedEngine:
 
     def _attempt(self, delivery: Delivery, worker_id: str) -> None:
         """Run one delivered attempt through the worker contract (a stale one: nothing)."""
+        scope = ExitStack()  # obs: the worker's span and log ids for this attempt
+        delivery = scope.enter_context(_observe.attempt_scope(delivery))
         try:
-            self.callbacks.started(delivery, worker_id)
-        except Exception:
-            return  # stale or forged: nothing to run
-        context = _TaskContext(delivery, self.callbacks, worker_id)
-        try:
-            self.pipeline.call(delivery.task_key, context)
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-            where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-            self.callbacks.finished(delivery, worker_id, "FAILED", message + where)
-        else:
-            self.callbacks.finished(delivery, worker_id, "SUCCEEDED")
+            try:
+                self.callbacks.started(delivery, worker_id)
+            except Exception:
+                return  # stale or forged: nothing to run
+            context = _TaskContext(delivery, self.callbacks, worker_id)
+            began = time.perf_counter()
+            try:
+                self.pipeline.call(delivery.task_key, context)
+            except Exception as exc:
+                _observe.task_finished(delivery, time.perf_counter() - began, exc)
+                message = f"{type(exc).__name__}: {exc}"
+                last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+                where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
+                self.callbacks.finished(delivery, worker_id, "FAILED", message + where)
+            else:
+                _observe.task_finished(delivery, time.perf_counter() - began)
+                self.callbacks.finished(delivery, worker_id, "SUCCEEDED")
+        except Exception as exc:  # logged and counted; the queue redelivers the attempt
+            _observe.worker_failed(delivery, exc)
+            raise
+        finally:
+            scope.close()
 
     def _progress(self, view: ProjectionView, run_id: str) -> None:
         if self.on_progress is None:

@@ -31,6 +31,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 
+from servo.obs import QUEUE_OPERATION_SECONDS, timed
 from servo.queue._protocol import QueuedTask, QueueError, require_aware, validate_task_name
 from servo.storage import RetryPolicy
 
@@ -164,6 +165,7 @@ class CloudTasksQueue:
             task.dispatch_deadline = self._dispatch_deadline  # and timedelta -> Duration
         return task
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("cloudtasks", "create"), "queue")
     def create_task(self, name: str, target: str, payload: bytes, schedule_time: datetime) -> bool:
         """See ``TaskQueue.create_task``: 409 (``Conflict``/``AlreadyExists``) → False."""
         validate_task_name(name)
@@ -184,6 +186,7 @@ class CloudTasksQueue:
             return False
         return True
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("cloudtasks", "delete"), "queue")
     def delete_task(self, name: str) -> bool:
         """See ``TaskQueue.delete_task``: NotFound → False."""
         validate_task_name(name)
@@ -200,6 +203,7 @@ class CloudTasksQueue:
             return False
         return True
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("cloudtasks", "get"), "queue")
     def get_task(self, name: str) -> QueuedTask | None:
         """See ``TaskQueue.get_task`` (FULL view, so the payload comes back)."""
         validate_task_name(name)

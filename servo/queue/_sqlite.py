@@ -37,6 +37,7 @@ from os import PathLike, fspath
 from pathlib import Path
 from typing import Final
 
+from servo.obs import QUEUE_OPERATION_SECONDS, timed
 from servo.queue._protocol import Lease, QueuedTask, QueueError, require_aware, validate_task_name
 
 __all__ = ["SqliteQueue"]
@@ -179,6 +180,7 @@ class SqliteQueue:
 
     # --- TaskQueue ------------------------------------------------------------
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "create"), "queue")
     def create_task(self, name: str, target: str, payload: bytes, schedule_time: datetime) -> bool:
         """See ``TaskQueue.create_task``. A name pending or ended within retention → False."""
         validate_task_name(name)
@@ -227,6 +229,7 @@ class SqliteQueue:
 
     # --- LeasingQueue ---------------------------------------------------------
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "lease"), "queue")
     def lease(
         self, now: datetime, max_tasks: int = 1, lease_seconds: float = 60.0, *, target: str | None = None
     ) -> list[Lease]:
@@ -261,6 +264,7 @@ class SqliteQueue:
                 leases.append(Lease(task, token, expires_at))
         return leases
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "ack"), "queue")
     def ack(self, lease: Lease) -> bool:
         """See ``LeasingQueue.ack``. The row becomes a tombstone; its payload is dropped."""
         now = _micros(require_aware(self._clock(), "clock()"))
@@ -272,6 +276,7 @@ class SqliteQueue:
             )
             return cursor.rowcount == 1
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "nack"), "queue")
     def nack(self, lease: Lease, retry_at: datetime) -> bool:
         """See ``LeasingQueue.nack``."""
         retry_us = _micros(require_aware(retry_at, "retry_at"))
@@ -296,6 +301,20 @@ class SqliteQueue:
         with self._connection() as db:
             (count,) = db.execute("SELECT count(*) FROM tasks WHERE state = 'pending'").fetchone()
         return int(count)
+
+    def depth_by_state(self, now: datetime | None = None) -> dict[str, int]:
+        """Pending tasks by state at ``now``: ``ready`` (due, or its lease expired),
+        ``leased`` (held under a live lease), ``scheduled`` (due later): the depth gauge."""
+        now_us = _micros(require_aware(now if now is not None else self._clock(), "now"))
+        with self._connection() as db:
+            ready, leased, scheduled = db.execute(
+                "SELECT count(*) FILTER (WHERE due_at <= ?),"
+                " count(*) FILTER (WHERE due_at > ? AND lease_token IS NOT NULL),"
+                " count(*) FILTER (WHERE due_at > ? AND lease_token IS NULL)"
+                " FROM tasks WHERE state = 'pending'",
+                (now_us, now_us, now_us),
+            ).fetchone()
+        return {"ready": int(ready), "leased": int(leased), "scheduled": int(scheduled)}
 
     # --- housekeeping ---------------------------------------------------------
 

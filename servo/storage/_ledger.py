@@ -19,6 +19,7 @@ from datetime import UTC
 from ulid import ULID
 
 from servo._errors import InvalidId, ObjectExists
+from servo.obs import LEDGER_APPEND_SECONDS, timed
 from servo.storage._protocol import BatchConflict
 from servo.storage._scope import ScopedStore, validate_id, validate_prefix
 
@@ -78,6 +79,7 @@ class Ledger:
         if event_ids and self._on_append is not None:
             self._on_append(event_ids)
 
+    @timed(LEDGER_APPEND_SECONDS, "ledger")
     def append(self, event_id: str, payload: bytes) -> bool:
         """Append one event; return True if newly appended, False if already there (same bytes).
 
@@ -93,6 +95,7 @@ class Ledger:
         self._notify([event_id])
         return True
 
+    @timed(LEDGER_APPEND_SECONDS, "ledger")
     def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """Append many events with one group commit; per item, whether it was newly appended.
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import wraps
 from hashlib import sha256
-from typing import Any
+from typing import Any, Concatenate, Final, ParamSpec
 
 from servo._errors import ServoError, StaleAttempt
+from servo.obs import CALLBACK_SECONDS, log_context, observe, trace_id_of
 
 __all__ = [
     "CallbackRejected",
@@ -83,6 +86,35 @@ Append = Callable[[str, Mapping[str, Any], str | None], None]
 """(event_type, data, traceparent) -> append a worker fact to the ledger."""
 
 _LIVE = frozenset({"DISPATCHED", "RUNNING"})
+_log: Final = logging.getLogger("servo.worker")
+P = ParamSpec("P")
+Callback = Callable[Concatenate["CallbackService", "Delivery", P], None]
+
+
+def _observed(kind: str) -> Callable[[Callback[P]], Callback[P]]:
+    """Time a callback, log it with the attempt's ids, and log and count a refusal."""
+    histogram = CALLBACK_SECONDS.labels(kind)
+
+    def decorate(fn: Callback[P]) -> Callback[P]:
+        @wraps(fn)
+        def wrapper(self: CallbackService, d: Delivery, /, *args: P.args, **kwargs: P.kwargs) -> None:
+            ids = {"tenant_id": d.tenant, "run_id": d.run_id, "task_key": d.task_key, "attempt": d.attempt}
+            with log_context(**ids, attempt_id=d.attempt_id, trace_id=trace_id_of(d.traceparent)):
+                try:
+                    with observe(histogram, "callback"):
+                        fn(self, d, *args, **kwargs)
+                except CallbackRejected as error:
+                    extra = {"component": "callback", "error_type": type(error).__name__}
+                    _log.warning("%s callback refused: %s", kind, error, extra=extra)
+                    raise
+                except Exception as error:
+                    extra = {"component": "callback", "error_type": type(error).__name__}
+                    _log.error("%s callback failed: %s", kind, error, extra=extra, exc_info=True)
+                    raise
+
+        return wrapper
+
+    return decorate
 
 
 class CallbackService:
@@ -122,11 +154,13 @@ class CallbackService:
             "worker_id": worker_id,
         }
 
+    @_observed("started")
     def started(self, d: Delivery, worker_id: str) -> None:
         """The worker began the attempt."""
         self._check(d)
         self._append("TaskStarted", self._fact(d, worker_id), d.traceparent)
 
+    @_observed("heartbeat")
     def heartbeat(self, d: Delivery, worker_id: str, at: datetime, progress_pct: int | None = None) -> None:
         """The worker is alive."""
         from servo.core.events import format_timestamp
@@ -138,6 +172,7 @@ class CallbackService:
             data["progress_pct"] = progress_pct
         self._append("TaskHeartbeat", data, d.traceparent)
 
+    @_observed("finished")
     def finished(self, d: Delivery, worker_id: str, outcome: str, error_message: str | None = None) -> None:
         """The attempt ended (SUCCEEDED / FAILED / CANCELLED)."""
         if outcome not in ("SUCCEEDED", "FAILED", "CANCELLED"):
