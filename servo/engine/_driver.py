@@ -127,6 +127,7 @@ class EmbeddedEngine:
         self._view = ProjectionView.from_tables({})
         self._running: dict[str, Future[None]] = {}
         self._repaired_at = datetime.min.replace(tzinfo=UTC)
+        self._timers_queued: set[str] = set()  # created in the queue by this driver: skip next loops
 
     # ----------------------------------------------------------------- I/O --
 
@@ -254,8 +255,9 @@ class EmbeddedEngine:
             status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
             self._append(dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config))
         for timer in view.timers.values():
-            if timer.state == "SCHEDULED" and timer.run_id == run_id:
+            if timer.state == "SCHEDULED" and timer.run_id == run_id and timer.timer_id not in self._timers_queued:
                 self.queue.create_task(timer.cloud_task_id, TIMER, timer.timer_id.encode(), timer.fire_at)
+                self._timers_queued.add(timer.timer_id)
         for lease in self.queue.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds):
             self._deliver(lease, view, watermark, now, pool)
 
