@@ -39,6 +39,7 @@ from servo.core.controllers import (
 from servo.core.events import Catalog, Event
 from servo.core.ids import new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
+from servo.engine._gate import AppendGate
 from servo.engine._home import Home
 from servo.queue import SqliteQueue
 from servo.queue._protocol import Lease
@@ -108,6 +109,7 @@ class EmbeddedEngine:
         self.compactor = Compactor(self.store, self.spec, registry(), merge_every=64)
         self._lock = threading.RLock()
         self._wake = threading.Event()
+        self._gate = AppendGate()  # worker facts never straddle a compaction's cut
         self.ledger = Ledger(self.store, on_append=self._appended)
         self.reader = ProjectionReader(StateView(self.store), self.spec)
         self.queue = SqliteQueue(home.queue_path)
@@ -119,7 +121,7 @@ class EmbeddedEngine:
             retry_factor=policy.factor,
             retry_cap_sec=policy.cap_sec,
         )
-        self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._append_fact)
+        self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._gated_fact)
         self.workers = workers
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
@@ -140,6 +142,10 @@ class EmbeddedEngine:
         if events:
             self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
 
+    def _gated_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
+        with self._gate.append():  # the fact's timestamp is taken inside the gate
+            self._append_fact(event_type, data, traceparent)
+
     def _append_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         now = datetime.now(UTC)
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, "worker:embedded")
@@ -159,7 +165,7 @@ class EmbeddedEngine:
         notified before its cut is folded and published, so the cut is the watermark
         (the manifest's watermark only moves once per idle second).
         """
-        with self._lock:
+        with self._gate.cut(), self._lock:
             self.compactor.compact()
             caught_up = self.compactor.caught_up_at
         snapshot = self.reader.read()
