@@ -247,6 +247,7 @@ class EmbeddedEngine:
         if now - self._repaired_at >= timedelta(seconds=10):  # anti-entropy, INV-5
             self._repaired_at = now
             self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
+        enqueued: list[Event] = []  # one group commit for the step's acknowledgements, not one per row
         for row in pending_dispatches(view):
             delivery = Delivery(
                 tenant=self.home.tenant,
@@ -259,7 +260,8 @@ class EmbeddedEngine:
             )
             created = self.queue.create_task(row.cloud_task_id, DISPATCH, delivery.to_json(), now)
             status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
-            self._append(dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config))
+            enqueued += dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config)
+        self._append(enqueued)
         for timer in view.timers.values():
             if timer.state == "SCHEDULED" and timer.run_id == run_id and timer.timer_id not in self._timers_queued:
                 self.queue.create_task(timer.cloud_task_id, TIMER, timer.timer_id.encode(), timer.fire_at)
