@@ -169,7 +169,7 @@ class EmbeddedEngine:
             self.compactor.compact()
             caught_up = self.compactor.caught_up_at
         snapshot = self.reader.read()
-        self._view = ProjectionView.from_tables(snapshot.tables)
+        self._view = self.reader.view()  # kept per row by the reader: O(new rows) per read
         published = datetime.fromisoformat(snapshot.watermark) if snapshot.watermark else None
         candidates = [t for t in (caught_up, published) if t is not None]
         watermark = max(candidates) if candidates else datetime.now(UTC)
