@@ -267,7 +267,8 @@ def main() -> None:
             servo_row = best[("servo", shape, n)]
             ratios.append({"shape": shape, "tasks": n, "ratio": row["ms_per_task"] / servo_row["ms_per_task"]})
     if args.json:
-        print(json.dumps({"results": rows, "ratios": ratios, "targets": TARGETS}))
+        dagster = "measured" if with_dagster else "not measured: " + ("--no-dagster" if args.no_dagster else "not installed")
+        print(json.dumps({"results": rows, "ratios": ratios, "targets": TARGETS, "dagster": dagster}))
         return
     print(f"best of {max(1, args.repeat)}:")
     for row in rows:
