@@ -100,7 +100,9 @@ def _servo(shape: str, n: int, workdir: Path) -> dict[str, Any]:
     graph = edges(shape, n)
     pipeline = Pipeline(f"bench-{shape}")
     for name, deps in graph.items():
-        pipeline.task(lambda: None, name=name, depends_on=deps)
+        # Leaves of a wide fan-out wait in the queue for minutes; the heartbeat clock
+        # starts at dispatch, so the default 300 s would time the last ones out.
+        pipeline.task(lambda: None, name=name, depends_on=deps, heartbeat_timeout_sec=3600)
     home = Home.open(workdir / ".servo")
     engine = EmbeddedEngine(home, pipeline)
     start = time.perf_counter()
@@ -108,7 +110,11 @@ def _servo(shape: str, n: int, workdir: Path) -> dict[str, Any]:
     wall = time.perf_counter() - start
     rss = _peak_rss_mib()
     if outcome.state != "SUCCEEDED":
-        raise SystemExit(f"servo run ended {outcome.state}")
+        states: dict[str, int] = {}
+        for task in outcome.tasks:
+            states[task["state"]] = states.get(task["state"], 0) + 1
+        failed = next((t for t in outcome.tasks if t["state"] == "FAILED"), None)
+        raise SystemExit(f"servo run ended {outcome.state} after {wall:.0f} s: tasks {states}; first failed: {failed}")
     ledger = Ledger(home.store)
     names = ledger.list_event_names()
     stamps: dict[str, dict[str, float]] = {"TaskFinished": {}, "DispatchRequested": {}, "TaskStarted": {}}
