@@ -226,15 +226,25 @@ class Compactor:
     def _write_delta(
         self, seq: int, changes: dict[str, tuple[list[dict[str, Any]], list[tuple[Any, ...]]]], ids: list[str]
     ) -> dict[str, str]:
+        """Write one L0 delta as a single group commit (a few fsyncs, not two per file).
+
+        Each file is create-only and idempotent (an identical retry is no conflict),
+        and all are durable before the manifest that names them is published.
+        """
         prefix = self._prefix("l0", seq)
         files: dict[str, str] = {}
+        items: list[tuple[str, bytes]] = []
         for table, (rows, deleted) in sorted(changes.items()):
             if rows:
-                files[table] = self._put(f"{prefix}/{table}.parquet", parquet_bytes(self.spec.tables[table], rows))
+                files[table] = f"{prefix}/{table}.parquet"
+                items.append((files[table], parquet_bytes(self.spec.tables[table], rows)))
             if deleted:
                 body = json.dumps([list(k) for k in deleted], separators=(",", ":")).encode()
-                files[f"{table}.deleted"] = self._put(f"{prefix}/{table}.deleted.json", body)
-        files["_events"] = self._put(f"{prefix}/_events.json", json.dumps(ids).encode())
+                files[f"{table}.deleted"] = f"{prefix}/{table}.deleted.json"
+                items.append((files[f"{table}.deleted"], body))
+        files["_events"] = f"{prefix}/_events.json"
+        items.append((files["_events"], json.dumps(ids).encode()))
+        self.store.put_many_if_absent(items)
         return files
 
     def _write_base(self, seq: int, ids: list[str]) -> Manifest:

@@ -13,6 +13,7 @@ from typing import Any
 
 from servo._errors import ServoError
 from servo.compactor._manifest import Manifest, ManifestReader
+from servo.core.controllers import ProjectionView
 from servo.core.fold import LAYER1_TABLES
 from servo.spec import Spec
 from servo.storage import ScopedStore, StoredObject
@@ -64,7 +65,9 @@ class ProjectionReader:
     """Builds current tables from the latest manifest's base and deltas.
 
     It remembers what it has applied: when the next manifest keeps the same base and
-    only appends deltas, only the new delta files are read (O(new rows) per read).
+    only appends deltas, only the new delta files are read, and only the rows they
+    carry are re-sorted and turned into controller records, so a read of a large run
+    costs O(new rows) plus copying the sorted lists out.
     """
 
     def __init__(self, view: StateView, spec: Spec) -> None:
@@ -74,6 +77,13 @@ class ProjectionReader:
         self._base: dict[str, str] | None = None
         self._applied: tuple[dict[str, str], ...] = ()
         self._rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        # Per table: primary keys by their sort key (the rows' published order), the
+        # keys added since the last read, whether a deletion calls for a full re-sort,
+        # and the controllers' record of each row (ProjectionView tables only).
+        self._order: dict[str, list[tuple[tuple[str, ...], tuple[Any, ...]]]] = {}
+        self._added: dict[str, list[tuple[Any, ...]]] = {}
+        self._resort: set[str] = set()
+        self._records: dict[str, dict[tuple[Any, ...], Any]] = {}
 
     def manifest(self) -> Manifest | None:
         """The latest manifest (pointer hint + probing)."""
@@ -87,6 +97,9 @@ class ProjectionReader:
         same_base = self._base == manifest.base and manifest.deltas[: len(self._applied)] == self._applied
         if not same_base:
             self._rows = {table: {} for table in LAYER1_TABLES}
+            self._order = {table: [] for table in LAYER1_TABLES}
+            self._added = {table: [] for table in LAYER1_TABLES}
+            self._records = {table: {} for table in ProjectionView.TABLES}
             self._apply(manifest.base)
             self._applied = ()
         for files in manifest.deltas[len(self._applied) :]:
@@ -94,22 +107,56 @@ class ProjectionReader:
         self._base, self._applied = manifest.base, manifest.deltas
         out = {}
         for table in LAYER1_TABLES:
-            pk = self._spec.tables[table].primary_key
-            out[table] = sorted(self._rows[table].values(), key=lambda r: tuple(str(r[k]) for k in pk))
+            rows = self._rows[table]
+            out[table] = [rows[key] for _, key in self._sorted_keys(table)]
         return Snapshot(manifest.seq, manifest.watermark, manifest.last_event_id, out)
+
+    def view(self) -> ProjectionView:
+        """The controllers' view of the tables as of the last `read` (records kept per row)."""
+        return ProjectionView.from_records({t: self._records.get(t, {}).values() for t in ProjectionView.TABLES})
+
+    def _sorted_keys(self, table: str) -> list[tuple[tuple[str, ...], tuple[Any, ...]]]:
+        order, added = self._order[table], self._added[table]
+        if table in self._resort:
+            order[:] = [(_sort_key(k), k) for k in self._rows[table]]
+            order.sort(key=_first)
+            self._resort.discard(table)
+        elif added:
+            order.extend((_sort_key(k), k) for k in added)
+            order.sort(key=_first)  # a sorted run plus a short tail: near linear
+        added.clear()
+        return order
 
     def _apply(self, files: dict[str, str]) -> None:
         for table in LAYER1_TABLES:
             spec = self._spec.tables[table]
             rows = self._rows[table]
+            records = self._records.get(table)
             for key in self._deleted(files.get(f"{table}.deleted")):
-                rows.pop(key, None)
+                if rows.pop(key, None) is not None:
+                    self._resort.add(table)
+                if records is not None:
+                    records.pop(key, None)
             name = files.get(table)
             if name:
+                added = self._added[table]
                 for row in read_parquet(self._view.get(name).data, spec):
-                    rows[tuple(row[k] for k in spec.primary_key)] = row
+                    key = tuple(row[k] for k in spec.primary_key)
+                    if key not in rows:
+                        added.append(key)
+                    rows[key] = row
+                    if records is not None:
+                        records[key] = ProjectionView.record(table, row)
 
     def _deleted(self, name: str | None) -> list[tuple[Any, ...]]:
         if not name:
             return []
         return [tuple(k) for k in json.loads(self._view.get(name).data)]
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(k) for k in key)
+
+
+def _first(entry: tuple[tuple[str, ...], tuple[Any, ...]]) -> tuple[str, ...]:
+    return entry[0]

@@ -52,6 +52,7 @@ from servo.core.events import Catalog, Event
 from servo.core.ids import new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
 from servo.engine import _observe
+from servo.engine._gate import AppendGate
 from servo.engine._home import Home
 from servo.engine._notices import Notices
 from servo.engine._notify import NotifySpool
@@ -139,6 +140,7 @@ class EmbeddedEngine:
         self.compactor = Compactor(self.store, self.spec, registry(), merge_every=64)
         self._lock = threading.RLock()
         self._wake = threading.Event()
+        self._gate = AppendGate()  # worker facts never straddle a compaction's cut
         self.ledger = Ledger(self.store, on_append=self._appended)
         self._traces = _observe.RunTraces(self.ledger)
         self.reader = ProjectionReader(StateView(self.store), self.spec)
@@ -167,7 +169,7 @@ class EmbeddedEngine:
             retry_cap_sec=policy.cap_sec,
             repair_grace_sec=repair_grace_sec,
         )
-        self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._append_fact)
+        self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._gated_fact)
         self.workers = workers
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
@@ -238,6 +240,10 @@ class EmbeddedEngine:
             created = self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
             _observe.record_appended(events, created)
 
+    def _gated_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
+        with self._gate.append():  # the fact's timestamp is taken inside the gate
+            self._append_fact(event_type, data, traceparent)
+
     def _append_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         now = datetime.now(UTC)
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, f"worker:{self.replica}")
@@ -265,14 +271,14 @@ class EmbeddedEngine:
         notified before its cut is folded and published, so the cut is the watermark
         (the manifest's watermark only moves once per idle second).
         """
-        with self._lock:
+        with self._gate.cut(), self._lock:
             if self.leading:
                 self._pick_up_external()
             caught_up = self._compact()
         snapshot = self.reader.read()
         if not self.leading:
             self._watch_leader(snapshot.seq)
-        self._view = ProjectionView.from_tables(snapshot.tables)
+        self._view = self.reader.view()  # kept per row by the reader: O(new rows) per read
         published = datetime.fromisoformat(snapshot.watermark) if snapshot.watermark else None
         candidates = [t for t in (caught_up, published) if t is not None]
         watermark = max(candidates) if candidates else datetime.now(UTC) if self.leading else self._watermark
@@ -371,6 +377,7 @@ class EmbeddedEngine:
             with self._lock:
                 self.compactor.repair()  # events whose notice was lost (P6: listing here only)
             self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
+        enqueued: list[Event] = []  # one group commit for the step's acknowledgements, not one per row
         for row in pending_dispatches(view):
             delivery = Delivery(
                 tenant=self.home.tenant,
@@ -388,7 +395,8 @@ class EmbeddedEngine:
             status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
             if created:
                 _observe.observe_dispatch(view, row, now)
-            self._append(dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config))
+            enqueued += dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config)
+        self._append(enqueued)
         for timer in view.timers.values():
             if timer.state == "SCHEDULED" and timer.run_id == run_id and timer.timer_id not in self._timers_enqueued:
                 self.queue.create_task(timer.cloud_task_id, self._target(TIMER), timer.timer_id.encode(), timer.fire_at)

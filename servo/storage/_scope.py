@@ -53,6 +53,8 @@ def _shown(value: str) -> str:
 
 
 def _ascii_problem(value: str) -> str | None:
+    if value.isascii() and value.isprintable():  # the common case, in C: printable ASCII has no controls
+        return None
     for index, char in enumerate(value):
         if not char.isascii():
             return f"non-ASCII character U+{ord(char):04X} at index {index}"

@@ -87,7 +87,9 @@ def test_lost_ack_is_recovered_by_the_next_driver(tmp_path: Path, spec: Spec, ru
 
 def test_dispatcher_crash_mid_batch_loses_no_dispatch(tmp_path: Path, spec: Spec, rules: Registry) -> None:
     """Three roots are dispatched in one batch; the dispatcher dies after creating the
-    second queue task (before its ack) and never reaches the third."""
+    second queue task and never reaches the third. A step's acks are one group commit
+    after its creates, so none of them is in the ledger: the next driver re-creates
+    (409 = success), acks, and creates the third."""
     home = Home.open(tmp_path / "home")
     pipeline = fan_in("mid_batch", roots=3)
     hook, seen = crash_at("after_dispatch_create", nth=2)
@@ -96,7 +98,7 @@ def test_dispatcher_crash_mid_batch_loses_no_dispatch(tmp_path: Path, spec: Spec
 
     crashed = Audit.of(home, spec, rules)
     assert len(crashed.accepted("DispatchRequested")) == 3
-    assert [e["data"]["dispatch_id"] for e in crashed.accepted("DispatchEnqueued")] == seen[:1]
+    assert crashed.accepted("DispatchEnqueued") == []
     assert set(queue_task_names(home)) == {dispatch_cloud_task_id(k) for k in seen}  # the third never made
 
     outcome = EmbeddedEngine(home, pipeline, **FAST).run(timeout=60)

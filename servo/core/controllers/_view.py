@@ -171,14 +171,14 @@ class ProjectionView:
 
     # ------------------------------------------------------- construction --
 
-    @classmethod
-    def from_tables(cls, tables: Mapping[str, Iterable[Mapping[str, Any]]]) -> ProjectionView:
-        """A view of published Layer 1 tables (JSON rows or Parquet rows)."""
-        runs = [
-            RunRecord(r["run_id"], r["plan_id"], r["state"], r["row_version"]) for r in tables.get("runs", ())
-        ]
-        tasks = [
-            TaskRecord(
+    TABLES = ("runs", "tasks", "dispatch_outbox", "timers")
+    """The Layer 1 tables a view holds records of."""
+
+    @staticmethod
+    def record(table: str, r: Mapping[str, Any]) -> RunRecord | TaskRecord | OutboxRecord | TimerRecord:
+        """The record of one published row of `table` (one of `TABLES`)."""
+        if table == "tasks":
+            return TaskRecord(
                 run_id=r["run_id"],
                 task_key=r["task_key"],
                 state=r["state"],
@@ -195,10 +195,10 @@ class ProjectionView:
                 worker_queue=r["worker_queue"],
                 row_version=r["row_version"],
             )
-            for r in tables.get("tasks", ())
-        ]
-        outbox = [
-            OutboxRecord(
+        if table == "runs":
+            return RunRecord(r["run_id"], r["plan_id"], r["state"], r["row_version"])
+        if table == "dispatch_outbox":
+            return OutboxRecord(
                 dispatch_id=r["dispatch_id"],
                 cloud_task_id=r["cloud_task_id"],
                 run_id=r["run_id"],
@@ -209,10 +209,8 @@ class ProjectionView:
                 status=r["status"],
                 row_version=r["row_version"],
             )
-            for r in tables.get("dispatch_outbox", ())
-        ]
-        timers = [
-            TimerRecord(
+        if table == "timers":
+            return TimerRecord(
                 timer_id=r["timer_id"],
                 cloud_task_id=r["cloud_task_id"],
                 timer_type=r["timer_type"],
@@ -223,9 +221,19 @@ class ProjectionView:
                 state=r["state"],
                 row_version=r["row_version"],
             )
-            for r in tables.get("timers", ())
-        ]
-        return cls(runs, tasks, outbox, timers)
+        raise ValueError(f"a ProjectionView holds no {table!r} records")
+
+    @classmethod
+    def from_records(cls, records: Mapping[str, Iterable[Any]]) -> ProjectionView:
+        """A view of records made by `record` (by table name), e.g. kept up to date per row."""
+        return cls(
+            records.get("runs", ()), records.get("tasks", ()), records.get("dispatch_outbox", ()), records.get("timers", ())
+        )
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, Iterable[Mapping[str, Any]]]) -> ProjectionView:
+        """A view of published Layer 1 tables (JSON rows or Parquet rows)."""
+        return cls.from_records({t: [cls.record(t, r) for r in tables.get(t, ())] for t in cls.TABLES})
 
     @classmethod
     def from_projection(cls, projection: Projection, run_ids: Iterable[str] | None = None) -> ProjectionView:

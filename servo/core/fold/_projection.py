@@ -291,10 +291,7 @@ class Projection:
             for key, ids in self._touched.items():
                 if key in self._refolded:
                     continue
-                for row in _partition_rows(table, self.partitions[key]):
-                    version = row.get("row_version", row.get("event_id"))
-                    if table == "runs" or version in ids:
-                        rows.append(row)
+                rows.extend(_partition_rows(table, self.partitions[key], ids))
             if table == "rejected_events":
                 rows.extend(_row_dict(self.invalid[i]) for i in sorted(self._new_invalid))
             json_rows = [_json_row(spec, row) for row in rows]
@@ -368,32 +365,41 @@ def _row_dict(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__slots__}
 
 
-def _partition_rows(table: str, part: Partition) -> Iterator[dict[str, Any]]:
+def _partition_rows(table: str, part: Partition, changed: set[str] | None = None) -> Iterator[dict[str, Any]]:
+    """A partition's rows of `table`; with `changed`, only rows whose row_version (a
+    rejection's event_id) is one of those events, plus the run row (task counts).
+
+    Filtering on the record before building its dict keeps a micro-compaction
+    O(changed rows) in Python work on a run of 10,000 tasks.
+    """
     if table == "tasks":
         for task in part.tasks.values():
-            row = _row_dict(task)
-            row["deps_total"] = task.deps_total
-            yield row
+            if changed is None or task.row_version in changed:
+                row = _row_dict(task)
+                row["deps_total"] = task.deps_total
+                yield row
     elif table == "runs" and part.run is not None:
         row = _row_dict(part.run)
         for state, count in part.task_counts.items():
             row[f"tasks_{state.lower()}"] = count
         yield row
     elif table == "dep_satisfaction":
-        yield from (_row_dict(e) for e in part.edges.values())
+        yield from (_row_dict(e) for e in part.edges.values() if changed is None or e.row_version in changed)
     elif table == "dispatch_outbox":
         for outbox in part.outbox.values():
-            row = _row_dict(outbox)
-            row["status"] = outbox.state
-            row["cloud_task_id"] = outbox.cloud_task_id
-            yield row
+            if changed is None or outbox.row_version in changed:
+                row = _row_dict(outbox)
+                row["status"] = outbox.state
+                row["cloud_task_id"] = outbox.cloud_task_id
+                yield row
     elif table == "timers":
         for timer in part.timers.values():
-            row = _row_dict(timer)
-            row["cloud_task_id"] = timer.cloud_task_id
-            yield row
+            if changed is None or timer.row_version in changed:
+                row = _row_dict(timer)
+                row["cloud_task_id"] = timer.cloud_task_id
+                yield row
     elif table == "rejected_events":
-        yield from (_row_dict(r) for r in part.rejected.values())
+        yield from (_row_dict(r) for r in part.rejected.values() if changed is None or r.event_id in changed)
 
 
 def _json_row(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
