@@ -102,13 +102,17 @@ class Projection:
         previous = ""
         held: list[Event] = []
         remaining = iter(lines)
+        loads, decode, parse = orjson.loads, self._decode, self.parse
         for raw in remaining:
             if kept is not None:
                 kept.append(raw)
-            obj = self._decode(raw)
-            if obj is None:
-                continue
-            event = self.parse(obj, raw)
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError:  # a blank line, or one to reject
+                obj = decode(raw)
+                if obj is None:
+                    continue
+            event = parse(obj, raw)
             if event is None:
                 continue
             if event.event_id < previous:
@@ -192,9 +196,9 @@ class Projection:
         late: set[str] = set()
         history = self._history if self.keep_history else None
         partitions = self.partitions
-        handles = self.engine.handles
+        appliers = self.engine.appliers
         for event in events:
-            if not handles(event.event_type):
+            if event.event_type not in appliers:
                 self._invalid(
                     Rejection(event.event_id, "UNKNOWN_EVENT_TYPE", event.event_type, "not a Layer 1 event")
                 )
@@ -244,22 +248,23 @@ class Projection:
             self._fold_one(part, event)
 
     def _fold_one(self, part: Partition, event: Event) -> None:
-        if event.event_id > part.max_event_id:
-            part.max_event_id = event.event_id
-        if event.event_id > self.last_event_id:
-            self.last_event_id = event.event_id
-        key = event.idempotency_key
-        winner = part.keys.get(key)
-        if winner is not None and winner != event.event_id:
-            part.rejected[event.event_id] = Rejection(
-                event.event_id, "DUPLICATE", event.event_type, f"idempotency_key {key!r} first used by {winner}"
+        event_id, event_type, _, _, key, occurred_at, data = event[:7]
+        if event_id > part.max_event_id:
+            part.max_event_id = event_id
+        if event_id > self.last_event_id:
+            self.last_event_id = event_id
+        keys = part.keys
+        winner = keys.get(key)
+        if winner is not None and winner != event_id:
+            part.rejected[event_id] = Rejection(
+                event_id, "DUPLICATE", event_type, f"idempotency_key {key!r} first used by {winner}"
             )
             return
-        part.keys[key] = event.event_id
-        ctx = Ctx(part, event.event_type, event.event_id, event.occurred_at, event.data)
-        rejection = self.engine.apply(ctx)
+        keys[key] = event_id
+        engine = self.engine
+        rejection = engine.appliers[event_type](Ctx(part, event_type, event_id, occurred_at, data, None, engine))
         if rejection is not None:
-            part.rejected[event.event_id] = rejection
+            part.rejected[event_id] = rejection
 
     # ----------------------------------------------------------- changes --
 
