@@ -187,7 +187,11 @@ class Engine:
         machine's (refusals ignored), then drain the derived events."""
         find, creates, step = primary.locator.find, primary.creates, self._step_of(primary)
         name, unmatched = primary.machine.name, event.unmatched
-        others = tuple((b, b.locator.find, b.creates, self._step_of(b)) for b in also)
+        # An `also` machine's refusal is ignored, so an instance in a state without rows
+        # for the event is not stepped at all (unless traced: the trace reports it).
+        others = tuple(
+            (b, b.locator.find, b.creates, self._step_of(b), b.rows if self._trace is None else None) for b in also
+        )
         created, refuse, drain = self._created, _refuse, self._drain
 
         def apply(ctx: Ctx) -> Rejection | None:
@@ -203,7 +207,7 @@ class Engine:
                 if reason is not None:
                     what = getattr(instance, "state", "?")
                     return refuse(ctx, reason or unmatched, f"{name} in {what} refuses {ctx.event_type}")
-            for bound, find_other, creates_other, step_other in others:
+            for bound, find_other, creates_other, step_other, rows_other in others:
                 found = find_other(ctx)
                 if creates_other:
                     found = created(bound, ctx, found)
@@ -212,7 +216,8 @@ class Engine:
                 elif type(found) is str:
                     continue
                 for instance in found:
-                    step_other(instance, ctx)
+                    if rows_other is None or instance.state in rows_other:
+                        step_other(instance, ctx)
             if ctx.part.pending:
                 drain(ctx)
             return None
@@ -227,15 +232,15 @@ class Engine:
         if isinstance(found, str) and found:
             return (found, f"{bound.machine.name}: {found.lower().replace('_', ' ')}")
         created = bound.locator.create(ctx)
-        initial = bound.machine.initial
+        initial, event_id = bound.machine.initial, ctx.event_id
         for instance in created:
             instance.state = initial
-            instance.row_version = ctx.event_id
-            if bound.counts_tasks:
-                counts = ctx.part.task_counts
-                counts[initial] = counts.get(initial, 0) + 1
+            instance.row_version = event_id
+        if bound.counts_tasks and created:
+            counts = ctx.part.task_counts
+            counts[initial] = counts.get(initial, 0) + len(created)
         # A created instance takes the creating event through its rows if it has any.
-        return [i for i in created if i.state in bound.rows]
+        return created if initial in bound.rows else []
 
     def _drain(self, cause: Ctx) -> None:
         part = cause.part
