@@ -108,11 +108,16 @@ class Event(NamedTuple):
 Check = Callable[[Any], str | None]
 
 
+FastParse = Callable[[dict[str, Any], str, str], "Event | None"]
+"""fast(obj, event_id, event_type): the Event of a well-formed envelope, else None."""
+
+
 @dataclass(frozen=True)
 class _Compiled:
     spec: EventSpec
     validate: Callable[[Mapping[str, Any]], str | None]
     key_template: Callable[[Mapping[str, Any]], str] | None
+    fast: FastParse | None
 
 
 @dataclass
@@ -125,7 +130,9 @@ class Catalog:
     def __post_init__(self) -> None:
         for name, event in self.spec.events.items():
             validate = _compile_validator(event, self.spec.records)
-            self._compiled[name] = _Compiled(event, validate, _compile_key(event))
+            fast = None if event.derived else _compile_fast_parse(event, self.spec.records)
+            self._compiled[name] = _Compiled(event, validate, _compile_key(event), fast)
+        self._fast: dict[str, FastParse] = {n: c.fast for n, c in self._compiled.items() if c.fast is not None}
 
     @classmethod
     def for_spec(cls, spec: Spec) -> Catalog:
@@ -161,6 +168,14 @@ class Catalog:
 
     def parse(self, obj: object) -> Event:
         """Validate a decoded JSON envelope into an Event."""
+        if type(obj) is dict:
+            # Fast path: one compiled pass of exact type checks over envelope and payload.
+            event_id, event_type = obj.get("event_id"), obj.get("event_type")
+            if type(event_id) is str and type(event_type) is str and _ID_TEXT.match(event_id):
+                fast = self._fast.get(event_type)
+                event = fast(obj, event_id, event_type) if fast is not None else None
+                if event is not None:
+                    return event
         if not isinstance(obj, dict):
             raise InvalidEvent("an event must be a JSON object")
         event_id = obj.get("event_id")
@@ -173,38 +188,8 @@ class Catalog:
             raise
 
     def _parse(self, obj: dict[str, Any], event_id: str) -> Event:
-        # Fast path: a well-formed envelope is built after one pass of exact type
-        # checks; anything else goes through the slow path, which names the problem.
-        get = obj.get
-        event_type = get("event_type")
-        compiled = self._compiled.get(event_type) if isinstance(event_type, str) else None
-        if compiled is not None and not compiled.spec.derived and isinstance(event_type, str):
-            tenant, workspace, data = get("tenant_id"), get("workspace_id"), get("data")
-            key, stamp, version = get("idempotency_key"), get("occurred_at"), get("schema_version", 1)
-            source, traceparent = get("source", ""), get("traceparent")
-            if (
-                type(tenant) is str
-                and tenant
-                and type(workspace) is str
-                and workspace
-                and type(data) is dict
-                and type(key) is str
-                and key
-                and type(version) is int
-                and version == 1
-                and type(source) is str
-                and (traceparent is None or type(traceparent) is str)
-                and type(stamp) is str
-            ):
-                try:
-                    occurred_at = datetime.fromisoformat(stamp)
-                except ValueError:
-                    occurred_at = None
-                if occurred_at is not None and occurred_at.tzinfo is UTC and compiled.validate(data) is None:
-                    return Event(event_id, event_type, tenant, workspace, key, occurred_at, data, source, traceparent, 1)
-        return self._parse_slow(obj, event_id)
-
-    def _parse_slow(self, obj: dict[str, Any], event_id: str) -> Event:
+        # Whatever the fast path did not accept: checked field by field, so the error
+        # names the problem (or, for what only the fast path refuses, the event is built).
         event_type = obj.get("event_type")
         if not isinstance(event_type, str):
             raise InvalidEvent("event_type must be a string")
@@ -373,6 +358,75 @@ def _compile_validator(event: EventSpec, records: Mapping[str, RecordSpec]) -> C
     exec("\n".join(lines), namespace)  # generated from the catalog, never from input
     validate: Callable[[Mapping[str, Any]], str | None] = namespace["validate"]
     return validate
+
+
+def _compile_fast_parse(event: EventSpec, records: Mapping[str, RecordSpec]) -> FastParse:
+    """Compile one event type's fast path: envelope and payload in one straight-line pass.
+
+    It returns the Event when every check passes, else None and the caller takes the
+    field-by-field path (which names the problem). It accepts a subset of what that
+    path accepts: exact JSON types, a UTC `occurred_at`, a payload `validate` passes.
+    """
+    # tuple.__new__ builds the Event without the Python-level NamedTuple.__new__ call.
+    namespace: dict[str, Any] = {"Event": Event, "new": tuple.__new__, "UTC": UTC, "fromisoformat": datetime.fromisoformat}
+    lines = [
+        "def fast(obj, event_id, event_type):",
+        "    try:",
+        "        tenant, workspace, data = obj['tenant_id'], obj['workspace_id'], obj['data']",
+        "        key, stamp = obj['idempotency_key'], obj['occurred_at']",
+        "    except KeyError:",
+        "        return None",
+        "    get = obj.get",
+        "    version, source, traceparent = get('schema_version', 1), get('source', ''), get('traceparent')",
+        "    if not (type(tenant) is str and tenant and type(workspace) is str and workspace",
+        "            and type(data) is dict and type(key) is str and key and type(stamp) is str",
+        "            and type(version) is int and version == 1 and type(source) is str",
+        "            and (traceparent is None or type(traceparent) is str)):",
+        "        return None",
+        "    try:",
+        "        occurred_at = fromisoformat(stamp)",
+        "    except ValueError:",
+        "        return None",
+        "    if occurred_at.tzinfo is not UTC:",
+        "        return None",
+        "    dget = data.get",
+        "    try:",
+    ]
+    for i, spec in enumerate(event.fields):
+        fetch = f"v = dget({spec.name!r})" if spec.optional else f"v = data[{spec.name!r}]"
+        lines.append(f"        {fetch}")
+        when = "v is not None and " if spec.optional else ""
+        simple = _SIMPLE.get(spec.kind)
+        if simple is not None:
+            namespace[f"T{i}"] = simple
+            lines.append(f"        if {when}type(v) is not T{i}: return None")
+        elif spec.kind == "timestamp":
+            body = "        " if not spec.optional else "            "
+            if spec.optional:
+                lines.append("        if v is not None:")
+            lines += [
+                f"{body}if type(v) is not str: return None",
+                f"{body}try:",
+                f"{body}    if fromisoformat(v).tzinfo is not UTC: return None",
+                f"{body}except ValueError:",
+                f"{body}    return None",
+            ]
+        elif spec.kind == "enum":
+            namespace[f"E{i}"] = frozenset(spec.enum)
+            lines.append(f"        if {when}(type(v) is not str or v not in E{i}): return None")
+        else:
+            namespace[f"C{i}"] = _compile_field(spec, records)
+            test = f"v is not None and C{i}(v) is not None" if spec.optional else f"v is None or C{i}(v) is not None"
+            lines.append(f"        if {test}: return None")
+    lines += [
+        "        pass",
+        "    except KeyError:",
+        "        return None",
+        "    return new(Event, (event_id, event_type, tenant, workspace, key, occurred_at, data, source, traceparent, 1))",
+    ]
+    exec("\n".join(lines), namespace)  # generated from the catalog, never from input
+    fast: FastParse = namespace["fast"]
+    return fast
 
 
 def _render(value: Any) -> str:

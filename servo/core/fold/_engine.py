@@ -2,7 +2,9 @@
 guards hold, set the state, run the row's effects, then drain derived events.
 
 Nothing here knows a state name: every decision comes from the spec rows and the
-guards/effects/locators they name in the registry.
+guards/effects/locators they name in the registry. The rows are resolved and compiled
+once per engine (`_steps.compile_step`), with the functions the registry holds *then*:
+a registry patched later (a mutant, a test) takes effect in the next engine built.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any, Protocol
 
 from servo.core._registry import GuardEntry, Registry
 from servo.core.fold._rows import Derived, Partition, Rejection
+from servo.core.fold._steps import CompiledRow, StepFn, compile_step
 from servo.spec import EventSpec, Machine, Spec
 
-__all__ = ["Ctx", "Engine", "Locator", "Step"]
+__all__ = ["Apply", "Ctx", "Engine", "Locator", "Step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +64,15 @@ class Locator(Protocol):
         ...
 
 
-_Row = tuple[str, tuple[tuple[Callable[[Any], bool], str | None], ...], tuple[Callable[[Any], None], ...]]
+Apply = Callable[[Ctx], Rejection | None]
+"""One event type's whole fold step: ctx -> its rejection, or None if accepted."""
+
+_Row = CompiledRow
 
 
 def _layer(spec: Spec, machine: Machine) -> int:
     table = spec.tables.get(machine.table)
     return table.layer if table is not None else 1
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +84,7 @@ class _Bound:
     creates: bool
     rows: dict[str, tuple[_Row, ...]]
     counts_tasks: bool
+    step: StepFn
 
 
 class Engine:
@@ -96,7 +96,7 @@ class Engine:
         self.effects = registry.effects
         self._plans: dict[str, tuple[EventSpec, _Bound, tuple[_Bound, ...]]] = {}
         self._derived: dict[tuple[str, str], _Bound] = {}
-        self.trace: Callable[[Step], None] | None = None
+        self._trace: Callable[[Step], None] | None = None
         self._compiled: dict[str, dict[tuple[str, str], tuple[_Row, ...]]] = {
             name: self._compile(machine) for name, machine in spec.machines.items() if _layer(spec, machine) == layer
         }
@@ -108,6 +108,10 @@ class Engine:
             self._plans[name] = (event, primary, also)
             if event.derived:
                 self._derived[(event.machine, name)] = primary
+        # What the fold calls: one function per event type, one step per derived event. Updated in place when `trace` changes, so holders of the dicts see it.
+        self.appliers: dict[str, Apply] = {}
+        self._derived_steps: dict[tuple[str, str], StepFn] = {}
+        self._link()
 
     def _compile(self, machine: Machine) -> dict[tuple[str, str], tuple[_Row, ...]]:
         """Rows by (state, event) with their guard and effect functions resolved once."""
@@ -123,23 +127,50 @@ class Engine:
         locator: Locator = registry.locators[machine.locator]()
         compiled = self._compiled[machine_name]
         rows = {state: value for (state, ev), value in compiled.items() if ev == event}
-        return _Bound(machine, locator, event in machine.created_by, rows, machine_name == "task")
+        counts_tasks = machine_name == "task"
+        step = compile_step(machine_name, event, rows, counts_tasks=counts_tasks)
+        return _Bound(machine, locator, event in machine.created_by, rows, counts_tasks, step)
+
+    # ------------------------------------------------------------- tracing --
+
+    @property
+    def trace(self) -> Callable[[Step], None] | None:
+        """If set, every instance step is reported (differential tests)."""
+        return self._trace
+
+    @trace.setter
+    def trace(self, trace: Callable[[Step], None] | None) -> None:
+        self._trace = trace
+        self._link()
+
+    def _step_of(self, bound: _Bound) -> StepFn:
+        if self._trace is None:
+            return bound.step
+
+        def traced(instance: Any, ctx: Ctx) -> str | None:
+            return self._traced_step(bound, instance, ctx)
+
+        return traced
 
     def _traced_step(self, bound: _Bound, instance: Any, ctx: Ctx) -> str | None:
-        """`_step` reported to `trace`: the guard values of the candidate rows (read
-        before the move) and the state the fold actually moved the instance to."""
-        trace, source = self.trace, instance.state
+        """The compiled step reported to `trace`: the guard values of the candidate rows
+        (read before the move) and the state the fold actually moved the instance to."""
+        trace, source = self._trace, instance.state
         assert trace is not None
         ctx.row = instance
         rows = bound.machine.rows(source, ctx.event_type)
         facts = {name: bool(self.guards[name].fn(ctx)) for row in rows for name in row.guards}
-        self.trace = None
-        try:
-            reason = self._step(bound, instance, ctx)
-        finally:
-            self.trace = trace
+        reason = bound.step(instance, ctx)
         trace(Step(bound.machine.name, source, ctx.event_type, facts, None if reason is not None else instance.state))
         return reason
+
+    # ---------------------------------------------------------------- fold --
+
+    def _link(self) -> None:
+        for name, (event, primary, also) in self._plans.items():
+            self.appliers[name] = self._applier(event, primary, also)
+        for key, bound in self._derived.items():
+            self._derived_steps[key] = self._step_of(bound)
 
     def handles(self, event_type: str) -> bool:
         """True if this engine folds `event_type`."""
@@ -147,87 +178,79 @@ class Engine:
 
     def apply(self, ctx: Ctx) -> Rejection | None:
         """Apply one stored event; return its rejection, or None if accepted."""
-        event, primary, also = self._plans[ctx.event_type]
         ctx.engine = self
-        try:
-            for instance in self._instances(primary, ctx):
-                reason = self._step(primary, instance, ctx)
+        return self.appliers[ctx.event_type](ctx)
+
+    def _applier(self, event: EventSpec, primary: _Bound, also: tuple[_Bound, ...]) -> Apply:
+        """The fold of one event type: locate and step the primary machine's instances
+        (any refusal rejects the event and drops its derived events), then every `also`
+        machine's (refusals ignored), then drain the derived events."""
+        find, creates, step = primary.locator.find, primary.creates, self._step_of(primary)
+        name, unmatched = primary.machine.name, event.unmatched
+        # An `also` machine's refusal is ignored, so an instance in a state without rows
+        # for the event is not stepped at all (unless traced: the trace reports it).
+        others = tuple(
+            (b, b.locator.find, b.creates, self._step_of(b), b.rows if self._trace is None else None) for b in also
+        )
+        created, refuse, drain = self._created, _refuse, self._drain
+
+        def apply(ctx: Ctx) -> Rejection | None:
+            found: Any = find(ctx)  # instances, a reason, or (after `created`) a refusal
+            if creates:
+                found = created(primary, ctx, found)
+                if type(found) is tuple:
+                    return refuse(ctx, *found)
+            elif type(found) is str:
+                return refuse(ctx, found or "INVALID_TRANSITION", f"no {name} for this event")
+            for instance in found:
+                reason = step(instance, ctx)
                 if reason is not None:
                     what = getattr(instance, "state", "?")
-                    detail = f"{primary.machine.name} in {what} refuses {ctx.event_type}"
-                    raise _Refused(reason if reason else event.unmatched, detail)
-        except _Refused as refused:
-            ctx.part.pending.clear()
-            return Rejection(ctx.event_id, refused.reason, ctx.event_type, refused.detail)
-        for bound in also:
-            try:
-                for instance in self._instances(bound, ctx):
-                    self._step(bound, instance, ctx)
-            except _Refused:
-                continue
-        if ctx.part.pending:
-            self._drain(ctx)
-        return None
+                    return refuse(ctx, reason or unmatched, f"{name} in {what} refuses {ctx.event_type}")
+            for bound, find_other, creates_other, step_other, rows_other in others:
+                found = find_other(ctx)
+                if creates_other:
+                    found = created(bound, ctx, found)
+                    if type(found) is tuple:
+                        continue
+                elif type(found) is str:
+                    continue
+                for instance in found:
+                    if rows_other is None or instance.state in rows_other:
+                        step_other(instance, ctx)
+            if ctx.part.pending:
+                drain(ctx)
+            return None
 
-    def _instances(self, bound: _Bound, ctx: Ctx) -> list[Any]:
-        found = bound.locator.find(ctx)
-        if bound.creates:
-            if isinstance(found, list) and found:
-                raise _Refused("INVALID_TRANSITION", f"{bound.machine.name} already exists")
-            if isinstance(found, str) and found:
-                raise _Refused(found, f"{bound.machine.name}: {found.lower().replace('_', ' ')}")
-            created = bound.locator.create(ctx)
-            for instance in created:
-                instance.state = bound.machine.initial
-                instance.row_version = ctx.event_id
-                if bound.machine.name == "task":
-                    counts = ctx.part.task_counts
-                    counts[instance.state] = counts.get(instance.state, 0) + 1
-            # A created instance takes the creating event through its rows if it has any.
-            return [i for i in created if i.state in bound.rows]
-        if isinstance(found, str):
-            reason = found or "INVALID_TRANSITION"
-            raise _Refused(reason, f"no {bound.machine.name} for this event")
-        return found
+        return apply
 
-    def _step(self, bound: _Bound, instance: Any, ctx: Ctx) -> str | None:
-        """Move one instance; None if a row accepted, else the refusal reason ('' = unmatched)."""
-        if self.trace is not None:
-            return self._traced_step(bound, instance, ctx)
-        rows = bound.rows.get(instance.state)
-        if rows is None:
-            return ""
-        reason: str | None = None
-        ctx.row = instance
-        for target, guards, effects in rows:
-            for fn, rejects in guards:
-                if not fn(ctx):
-                    if reason is None and rejects:
-                        reason = rejects
-                    break
-            else:
-                before = instance.state
-                instance.state = target
-                instance.row_version = ctx.event_id
-                if bound.counts_tasks and before != target:
-                    counts = ctx.part.task_counts
-                    counts[before] -= 1
-                    counts[target] = counts.get(target, 0) + 1
-                for effect in effects:
-                    effect(ctx)
-                return None
-        return reason or "INVALID_TRANSITION"
+    @staticmethod
+    def _created(bound: _Bound, ctx: Ctx, found: list[Any] | str) -> list[Any] | tuple[str, str]:
+        """The instances a `created_by` event makes (those with rows for it), or a refusal."""
+        if isinstance(found, list) and found:
+            return ("INVALID_TRANSITION", f"{bound.machine.name} already exists")
+        if isinstance(found, str) and found:
+            return (found, f"{bound.machine.name}: {found.lower().replace('_', ' ')}")
+        created = bound.locator.create(ctx)
+        initial, event_id = bound.machine.initial, ctx.event_id
+        for instance in created:
+            instance.state = initial
+            instance.row_version = event_id
+        if bound.counts_tasks and created:
+            counts = ctx.part.task_counts
+            counts[initial] = counts.get(initial, 0) + len(created)
+        # A created instance takes the creating event through its rows if it has any.
+        return created if initial in bound.rows else []
 
     def _drain(self, cause: Ctx) -> None:
         part = cause.part
-        while part.pending:
-            derived = part.pending.popleft()
-            ctx = Ctx(
-                part=part,
-                event_type=derived.event_type,
-                event_id=cause.event_id,
-                occurred_at=cause.occurred_at,
-                data=derived.data,
-                engine=self,
-            )
-            self._step(self._derived[(derived.machine, derived.event_type)], derived.instance, ctx)
+        pending, steps = part.pending, self._derived_steps
+        while pending:
+            derived = pending.popleft()
+            ctx = Ctx(part, derived.event_type, cause.event_id, cause.occurred_at, derived.data, None, self)
+            steps[(derived.machine, derived.event_type)](derived.instance, ctx)
+
+
+def _refuse(ctx: Ctx, reason: str, detail: str) -> Rejection:
+    ctx.part.pending.clear()
+    return Rejection(ctx.event_id, reason, ctx.event_type, detail)

@@ -100,28 +100,45 @@ class Projection:
     def _streamed(self, lines: Iterable[str | bytes], kept: list[str | bytes] | None) -> Iterator[Event]:
         """Events of lines already in event_id order; raise _OutOfOrder otherwise."""
         previous = ""
-        held: list[Event] = []
+        held: Event | None = None  # the last event, yielded once the next id differs
+        copies: list[Event] | None = None  # every copy of the held event_id, if several
         remaining = iter(lines)
+        loads, decode, catalog_parse, parse = orjson.loads, self._decode, self.catalog.parse, self.parse
         for raw in remaining:
             if kept is not None:
                 kept.append(raw)
-            obj = self._decode(raw)
-            if obj is None:
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError:  # a blank line, or one to reject
+                obj = decode(raw)
+                if obj is None:
+                    continue
+            try:  # self.parse without its call; on a problem, it records the rejection
+                event = catalog_parse(obj)
+                check_semantics(event)
+            except InvalidEvent:
+                parsed = parse(obj, raw)
+                if parsed is None:
+                    continue
+                event = parsed
+            event_id = event[0]
+            if event_id == previous:
+                if copies is None:
+                    assert held is not None
+                    copies = [held]
+                copies.append(event)
                 continue
-            event = self.parse(obj, raw)
-            if event is None:
-                continue
-            if event.event_id < previous:
+            if event_id < previous:
                 if kept is not None:
                     kept.extend(remaining)
                 raise _OutOfOrder
-            if held and event.event_id != previous:
-                yield held[0] if len(held) == 1 else min(held, key=_canonical)
-                held = []
-            held.append(event)
-            previous = event.event_id
-        if held:
-            yield held[0] if len(held) == 1 else min(held, key=_canonical)
+            if held is not None:
+                yield held if copies is None else min(copies, key=_canonical)
+                copies = None
+            held = event
+            previous = event_id
+        if held is not None:
+            yield held if copies is None else min(copies, key=_canonical)
 
     def parse(self, obj: object, text: str | bytes | None = None) -> Event | None:
         """Validate one decoded envelope; record a rejection and return None if bad.
@@ -192,14 +209,15 @@ class Projection:
         late: set[str] = set()
         history = self._history if self.keep_history else None
         partitions = self.partitions
-        handles = self.engine.handles
+        engine = self.engine
+        appliers = engine.appliers
         for event in events:
-            if not handles(event.event_type):
-                self._invalid(
-                    Rejection(event.event_id, "UNKNOWN_EVENT_TYPE", event.event_type, "not a Layer 1 event")
-                )
+            event_id, event_type, _, _, idempotency_key, occurred_at, data = event[:7]
+            applier = appliers.get(event_type)
+            if applier is None:
+                self._invalid(Rejection(event_id, "UNKNOWN_EVENT_TYPE", event_type, "not a Layer 1 event"))
                 continue
-            run_id = event.data.get("run_id")
+            run_id = data.get("run_id")
             key = run_id if type(run_id) is str else partition_key(event)
             part = partitions.get(key)
             if part is None:
@@ -209,18 +227,18 @@ class Projection:
                 if stored is None:
                     stored = history[key] = {}
                 text = _canonical(event)
-                known = stored.get(event.event_id)
+                known = stored.get(event_id)
                 if known is not None:
                     if text < known:  # a conflicting copy that wins: refold with it
-                        stored[event.event_id] = text
+                        stored[event_id] = text
                         late.add(key)
                     continue
-                stored[event.event_id] = text
-            if key in late:
-                continue
-            if event.event_id <= part.max_event_id:
+                stored[event_id] = text
+                if key in late:
+                    continue
+            if event_id <= part.max_event_id:
                 if history is None:
-                    if event.event_id == part.max_event_id:
+                    if event_id == part.max_event_id:
                         continue  # a copy of the event just folded
                     raise ServoError(
                         f"partition {key!r}: an event arrived before ones already folded, and "
@@ -229,8 +247,20 @@ class Projection:
                 late.add(key)
                 continue
             if history is not None:  # only incremental projections publish changes
-                self._touched.setdefault(key, set()).add(event.event_id)
-            self._fold_one(part, event)
+                self._touched.setdefault(key, set()).add(event_id)
+            # _fold_one, inlined: this loop runs once per event of the ledger.
+            part.max_event_id = event_id
+            if event_id > self.last_event_id:
+                self.last_event_id = event_id
+            keys = part.keys
+            winner = keys.get(idempotency_key)
+            if winner is not None and winner != event_id:
+                part.rejected[event_id] = _duplicate(event, winner)
+                continue
+            keys[idempotency_key] = event_id
+            rejection = applier(Ctx(part, event_type, event_id, occurred_at, data, None, engine))
+            if rejection is not None:
+                part.rejected[event_id] = rejection
         for key in sorted(late):
             self._refold(key)
 
@@ -244,22 +274,21 @@ class Projection:
             self._fold_one(part, event)
 
     def _fold_one(self, part: Partition, event: Event) -> None:
-        if event.event_id > part.max_event_id:
-            part.max_event_id = event.event_id
-        if event.event_id > self.last_event_id:
-            self.last_event_id = event.event_id
-        key = event.idempotency_key
-        winner = part.keys.get(key)
-        if winner is not None and winner != event.event_id:
-            part.rejected[event.event_id] = Rejection(
-                event.event_id, "DUPLICATE", event.event_type, f"idempotency_key {key!r} first used by {winner}"
-            )
+        event_id, event_type, _, _, key, occurred_at, data = event[:7]
+        if event_id > part.max_event_id:
+            part.max_event_id = event_id
+        if event_id > self.last_event_id:
+            self.last_event_id = event_id
+        keys = part.keys
+        winner = keys.get(key)
+        if winner is not None and winner != event_id:
+            part.rejected[event_id] = _duplicate(event, winner)
             return
-        part.keys[key] = event.event_id
-        ctx = Ctx(part, event.event_type, event.event_id, event.occurred_at, event.data)
-        rejection = self.engine.apply(ctx)
+        keys[key] = event_id
+        engine = self.engine
+        rejection = engine.appliers[event_type](Ctx(part, event_type, event_id, occurred_at, data, None, engine))
         if rejection is not None:
-            part.rejected[event.event_id] = rejection
+            part.rejected[event_id] = rejection
 
     # ----------------------------------------------------------- changes --
 
@@ -332,6 +361,11 @@ class Projection:
         out = [_json_row(spec, row) for row in raw]
         out.sort(key=lambda r: tuple(str(r[k]) for k in spec.primary_key))
         return out
+
+
+def _duplicate(event: Event, winner: str) -> Rejection:
+    key = event.idempotency_key
+    return Rejection(event.event_id, "DUPLICATE", event.event_type, f"idempotency_key {key!r} first used by {winner}")
 
 
 def _event_id(event: Event) -> str:

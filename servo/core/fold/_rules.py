@@ -7,6 +7,7 @@ are queued with `ctx.raise_derived` and never reach the ledger.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__: list[str] = []
 
 TERMINAL = frozenset({"SKIPPED", "CANCELLED", "FAILED", "SUCCEEDED"})
 LIVE = frozenset({"DISPATCHED", "RUNNING"})
+_TERMINAL, _NONE = tuple(TERMINAL), (0,) * len(TERMINAL)  # counts.get(state, 0) for each, in C
 RESOLUTION = {"SUCCEEDED": "SUCCESS", "FAILED": "FAILED", "SKIPPED": "SKIPPED", "CANCELLED": "CANCELLED"}
 
 guard = REGISTRY.guard
@@ -70,10 +72,10 @@ class TaskOfEvent:
     """The task (run_id, task_key); PlanCreated creates all; cancel moves all open ones."""
 
     def find(self, ctx: Ctx) -> list[Any] | str:
-        run = _run_or_reason(ctx)
-        if isinstance(run, str):
-            return run
         part = ctx.part
+        run = part.run  # _run_or_reason, inlined: this is the hot path
+        if run is None or run.run_id != ctx.data.get("run_id", run.run_id):
+            return "UNKNOWN_RUN"
         if ctx.event_type == "PlanCreated":
             return []
         if ctx.event_type == "RunCancelRequested":
@@ -89,24 +91,18 @@ class TaskOfEvent:
         return [task]
 
     def create(self, ctx: Ctx) -> list[Any]:
-        part = ctx.part
-        created = []
+        tasks, run_id, event_id = ctx.part.tasks, ctx.data["run_id"], ctx.event_id
         for spec in ctx.data["tasks"]:
-            task = TaskRow(
-                run_id=ctx.data["run_id"],
-                task_key=spec["task_key"],
-                state="",
-                depends_on=tuple(sorted(set(spec["depends_on"]))),
-                max_attempts=spec["max_attempts"],
-                heartbeat_timeout_sec=spec["heartbeat_timeout_sec"],
-                asset_key=spec.get("asset_key"),
-                partition_key=spec.get("partition_key"),
-                worker_queue=spec.get("worker_queue"),
-                row_version=ctx.event_id,
+            ups = spec["depends_on"]
+            key = spec["task_key"]
+            get = spec.get
+            # Positional: run_id, task_key, state, depends_on, max_attempts,
+            # heartbeat_timeout_sec, asset_key, partition_key, worker_queue, row_version.
+            tasks[key] = TaskRow(
+                run_id, key, "", tuple(sorted(set(ups))) if ups else (), spec["max_attempts"],
+                spec["heartbeat_timeout_sec"], get("asset_key"), get("partition_key"), get("worker_queue"), event_id,
             )
-            part.tasks[task.task_key] = task
-            created.append(task)
-        return [part.tasks[k] for k in part.topo_order]
+        return [tasks[k] for k in ctx.part.topo_order]
 
 
 @locator("outbox_of_event")
@@ -114,17 +110,17 @@ class OutboxOfEvent:
     """The outbox row of an attempt: by dispatch_id, or by (run_id, task_key, attempt)."""
 
     def find(self, ctx: Ctx) -> list[Any] | str:
-        d = ctx.data
+        d, part = ctx.data, ctx.part
         if ctx.event_type != "DispatchEnqueued":
-            run = _run_or_reason(ctx)
-            if isinstance(run, str):
-                return run
+            run = part.run  # _run_or_reason, inlined: this is the hot path
+            if run is None or run.run_id != d.get("run_id", run.run_id):
+                return "UNKNOWN_RUN"
         # The dispatch id of the attempt (ids.dispatch_id, inlined: this is the hot path).
         key = d.get("dispatch_id") or f"dispatch:{d['run_id']}:{d['task_key']}:{d['attempt']}"
-        row = ctx.part.outbox.get(key)
+        row = part.outbox.get(key)
         if row is not None:
             return [row]
-        if ctx.part.run is None:
+        if part.run is None:
             return "UNKNOWN_RUN"
         return ""
 
@@ -286,8 +282,7 @@ def plan_matches_run(ctx: Ctx) -> bool:
 @guard()
 def all_tasks_terminal(ctx: Ctx) -> bool:
     """Every task of the run is terminal."""
-    counts = ctx.part.task_counts
-    return sum(counts.get(s, 0) for s in TERMINAL) == len(ctx.part.tasks)
+    return sum(map(ctx.part.task_counts.get, _TERMINAL, _NONE)) == len(ctx.part.tasks)
 
 
 @guard()
@@ -342,20 +337,19 @@ def record_plan(ctx: Ctx) -> None:
     run: RunRow = ctx.row
     tasks = ctx.data["tasks"]
     run.tasks_total = len(tasks)
-    deps = {t["task_key"]: sorted(set(t["depends_on"])) for t in tasks}
+    deps = {t["task_key"]: sorted(set(ups)) if (ups := t["depends_on"]) else [] for t in tasks}
     downstream: dict[str, list[str]] = {k: [] for k in deps}
+    edges, run_id, event_id = part.edges, run.run_id, ctx.event_id
     for down, ups in deps.items():
         for up in ups:
             downstream[up].append(down)
-            part.edges[(up, down)] = EdgeRow(run.run_id, up, down, ctx.event_id)
-    part.downstream = {k: sorted(v) for k, v in downstream.items()}
+            edges[(up, down)] = EdgeRow(run_id, up, down, event_id)
+    part.downstream = {k: sorted(v) if len(v) > 1 else v for k, v in downstream.items()}
     part.topo_order = topological_order(deps)
 
 
 def topological_order(deps: dict[str, list[str]]) -> list[str]:
     """Kahn's order, smallest key first among ready ones (deterministic)."""
-    import heapq
-
     remaining = {k: len(v) for k, v in deps.items()}
     children: dict[str, list[str]] = {k: [] for k in deps}
     for down, ups in deps.items():

@@ -28,18 +28,28 @@ def _check_id(what: str, value: object, *, colon: bool = True) -> None:
 
 def _plan(event: Event) -> None:
     tasks = event.data["tasks"]
-    keys: set[str] = set()
+    deps: dict[str, set[str]] = {}
     for i, task in enumerate(tasks):
         key = task["task_key"]
-        _check_id(f"tasks[{i}].task_key", key)
-        if key in keys:
+        if type(key) is not str or not _FAST_ID.match(key):  # the message costs: build it only here
+            _check_id(f"tasks[{i}].task_key", key)
+        if key in deps:
             raise InvalidEvent(f"PlanCreated: duplicate task_key {key!r}")
-        keys.add(key)
         if task["max_attempts"] < 1:
             raise InvalidEvent(f"PlanCreated: task {key!r}: max_attempts must be >= 1")
         if task["heartbeat_timeout_sec"] < 0:
             raise InvalidEvent(f"PlanCreated: task {key!r}: heartbeat_timeout_sec must be >= 0")
-    deps = {t["task_key"]: set(t["depends_on"]) for t in tasks}
+        deps[key] = set(task["depends_on"])
+    # Usually every task depends only on tasks listed before it: then no edge is
+    # unknown or a self-loop and the graph is acyclic (a topological order), checked
+    # with set operations. Otherwise the checks below find the first problem.
+    seen: set[str] = set()
+    for key, ups in deps.items():
+        if not ups <= seen:
+            break
+        seen.add(key)
+    else:
+        return
     for key, ups in deps.items():
         for up in sorted(ups):
             if up == key:
@@ -113,18 +123,35 @@ _RULES: dict[str, Callable[[Event], None]] = {
 }
 
 
+# Ids already found well-formed: a run's id and its task keys recur in every event of
+# the run, and a set lookup costs a quarter of a regex match. Bounded: cleared when full.
+_GOOD_RUN_IDS: set[str] = set()
+_GOOD_TASK_KEYS: set[str] = set()
+_GOOD_MAX = 1 << 14
+
+
 def check_semantics(event: Event) -> None:
     """Raise InvalidEvent if the event contradicts itself (ids, plan graph)."""
     data = event.data
     run_id = data.get("run_id")
-    if run_id is not None and not (_FAST_ID.match(run_id) and ":" not in run_id):
-        _check_id("run_id", run_id, colon=False)
+    if run_id is not None and run_id not in _GOOD_RUN_IDS:
+        if not (_FAST_ID.match(run_id) and ":" not in run_id):
+            _check_id("run_id", run_id, colon=False)
+        _remember(_GOOD_RUN_IDS, run_id)
     task_key = data.get("task_key")
-    if task_key is not None and not _FAST_ID.match(task_key):
-        _check_id("task_key", task_key)
+    if task_key is not None and task_key not in _GOOD_TASK_KEYS:
+        if not _FAST_ID.match(task_key):
+            _check_id("task_key", task_key)
+        _remember(_GOOD_TASK_KEYS, task_key)
     rule = _RULES.get(event.event_type)
     if rule is not None:
         rule(event)
+
+
+def _remember(good: set[str], value: str) -> None:
+    if len(good) >= _GOOD_MAX:
+        good.clear()
+    good.add(value)
 
 
 def partition_key(event: Event) -> str:
