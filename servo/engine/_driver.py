@@ -168,6 +168,9 @@ class EmbeddedEngine:
             retry_factor=policy.factor,
             retry_cap_sec=policy.cap_sec,
             repair_grace_sec=repair_grace_sec,
+            # Dispatch no more than the workers can start soon: an attempt's heartbeat
+            # clock starts at dispatch, so a deep queue would time attempts out unrun.
+            max_in_flight=max(1, workers) * 4,
         )
         self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._gated_fact)
         self.workers = workers

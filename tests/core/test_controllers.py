@@ -112,6 +112,33 @@ def test_ready_task_gets_one_dispatch_with_a_deterministic_attempt_id(world: Wor
     assert types(world.reconcile(at(1))) == ["TimerRequested"]
 
 
+def test_max_in_flight_holds_ready_tasks_until_attempts_finish(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    """With `max_in_flight`, a wide fan-out dispatches no more attempts per run than the
+    workers can take, so queued attempts do not age past their heartbeat timeout
+    before they start; the rest stay READY (in task_key order) until some finish."""
+    leaves = [TaskDef(f"leaf{i}", ["root"]) for i in range(5)]
+    world = World(spec, rules, catalog, [TaskDef("root"), *leaves])
+    world.config = ControllerConfig(catalog, max_in_flight=2)
+    world.append(world.reconcile(at(0)))
+    world.compact()
+    world.append([world.fact("TaskStarted", "root", at(1)), world.fact("TaskFinished", "root", at(2), outcome="SUCCEEDED")])
+    world.compact()
+
+    first = [e for e in world.reconcile(at(3)) if e.event_type == "DispatchRequested"]
+    assert [e.data["task_key"] for e in first] == ["leaf0", "leaf1"]
+    world.append(first)
+    world.compact()
+    assert [e for e in world.reconcile(at(4)) if e.event_type == "DispatchRequested"] == []
+
+    world.append([world.fact("TaskStarted", "leaf0", at(5)), world.fact("TaskFinished", "leaf0", at(6), outcome="SUCCEEDED")])
+    world.compact()
+    again = [e for e in world.reconcile(at(7)) if e.event_type == "DispatchRequested"]
+    assert [e.data["task_key"] for e in again] == ["leaf2"]
+    # Unlimited by default: every READY task is dispatched at once.
+    world.config = ControllerConfig(catalog)
+    assert [e.data["task_key"] for e in world.reconcile(at(8)) if e.event_type == "DispatchRequested"] == ["leaf2", "leaf3", "leaf4"]
+
+
 def test_reconcile_is_deterministic_and_reads_only_published_tables(world: World) -> None:
     """Same view + same now -> the same events (INV-3); the view from the published
     JSON tables equals the in-memory one, so controllers need nothing else (INV-7)."""

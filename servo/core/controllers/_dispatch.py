@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from servo.core.controllers._emit import ControllerConfig, Emitter, deterministic_ulid
-from servo.core.controllers._view import OutboxRecord, ProjectionView
+from servo.core.controllers._view import OutboxRecord, ProjectionView, TaskRecord
 from servo.core.events import Event
 from servo.core.ids import dispatch_id
 
@@ -44,10 +44,21 @@ def attempt_id_for(dispatch: str, now: datetime) -> str:
     return deterministic_ulid(now, dispatch)
 
 
+_IN_FLIGHT = frozenset({"DISPATCHED", "RUNNING"})
+
+
 def ready_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
-    """DispatchRequested for attempt+1 of every READY task without that outbox row."""
-    out: list[Event] = []
+    """DispatchRequested for attempt+1 of every READY task without that outbox row.
+
+    With `config.max_in_flight`, a run gets new dispatches (in task_key order) only
+    while fewer than that many of its attempts are requested, dispatched or running.
+    """
+    limit = emit.config.max_in_flight
+    candidates: list[tuple[TaskRecord, str]] = []
+    in_flight: dict[str, int] = {}
     for task in view.tasks.values():
+        if limit is not None and task.state in _IN_FLIGHT:
+            in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1
         if task.state != "READY":
             continue
         run = view.runs.get(task.run_id)
@@ -58,14 +69,24 @@ def ready_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
             continue
         did = dispatch_id(task.run_id, task.task_key, attempt)
         if did in view.outbox:
+            in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1  # requested, not folded as DISPATCHED yet
             continue
+        candidates.append((task, did))
+    if limit is not None:
+        candidates.sort(key=lambda c: (c[0].run_id, c[0].task_key))
+    out: list[Event] = []
+    for task, did in candidates:
+        if limit is not None:
+            if in_flight.get(task.run_id, 0) >= limit:
+                continue
+            in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1
         out.append(
             emit.emit(
                 "DispatchRequested",
                 {
                     "run_id": task.run_id,
                     "task_key": task.task_key,
-                    "attempt": attempt,
+                    "attempt": task.attempt + 1,
                     "attempt_id": attempt_id_for(did, emit.now),
                     "dispatch_id": did,
                     "worker_queue": task.worker_queue or emit.config.default_worker_queue,

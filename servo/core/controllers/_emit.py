@@ -32,7 +32,10 @@ class ControllerConfig:
     `lag_recheck_sec`: how much later a timer is rescheduled when the projection
     watermark has not reached its fire_at (INV-9). `repair_grace_sec`: how long past
     fire_at a SCHEDULED timer must be before anti-entropy handles it itself (its
-    queue task is presumed lost).
+    queue task is presumed lost). `max_in_flight`: at most this many attempts of one
+    run dispatched or running at once (None: no limit); the embedded engine sets it
+    from its worker count so queued attempts do not outlive their heartbeat timeout
+    before a worker can start them.
     """
 
     catalog: Catalog
@@ -43,6 +46,7 @@ class ControllerConfig:
     retry_cap_sec: float = 300.0
     lag_recheck_sec: int = 1
     repair_grace_sec: int = 60
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
