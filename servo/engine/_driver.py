@@ -379,6 +379,7 @@ class EmbeddedEngine:
             self._repaired_at = now
             with self._lock:
                 self.compactor.repair()  # events whose notice was lost (P6: listing here only)
+                self._swept_at = time.monotonic()  # this listing also serves _pick_up_external's
             self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
         enqueued: list[Event] = []  # one group commit for the step's acknowledgements, not one per row
         for row in pending_dispatches(view):
