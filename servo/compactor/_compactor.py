@@ -237,7 +237,7 @@ class Compactor:
         for table, (rows, deleted) in sorted(changes.items()):
             if rows:
                 files[table] = f"{prefix}/{table}.parquet"
-                items.append((files[table], parquet_bytes(self.spec.tables[table], rows)))
+                items.append((files[table], parquet_bytes(self.spec.tables[table], rows, compression="snappy")))
             if deleted:
                 body = json.dumps([list(k) for k in deleted], separators=(",", ":")).encode()
                 files[f"{table}.deleted"] = f"{prefix}/{table}.deleted.json"

@@ -89,16 +89,19 @@ class ManifestReader:
 
     def __init__(self, store: ObjectReader) -> None:
         self.store = store
+        self._known = 0  # the newest seq this reader has seen: probing starts there too
 
     def latest(self) -> Manifest | None:
-        """The newest manifest: start at the pointer hint, probe forward by name."""
-        seq = self._hint()
+        """The newest manifest: start at the pointer hint (or the newest seq seen, if
+        further: the pointer moves about once a second), probe forward by name."""
+        seq = max(self._hint(), self._known)
         if seq == 0 and self.store.head(manifest_name(1)) is None:
             return None
         while self.store.head(manifest_name(seq + 1)) is not None:
             seq += 1
         if seq == 0:
             return None
+        self._known = seq
         return self.get(seq)
 
     def get(self, seq: int) -> Manifest:

@@ -94,6 +94,22 @@ class ProjectionReader:
         manifest = manifest if manifest is not None else self.manifest()
         if manifest is None:
             return Snapshot(0, None, "", {t: [] for t in LAYER1_TABLES})
+        self._catch_up(manifest)
+        out = {}
+        for table in LAYER1_TABLES:
+            rows = self._rows[table]
+            out[table] = [rows[key] for _, key in self._sorted_keys(table)]
+        return Snapshot(manifest.seq, manifest.watermark, manifest.last_event_id, out)
+
+    def refresh(self) -> Manifest | None:
+        """Catch up with the latest manifest for `view()` without copying the tables out
+        (what a driver loop needs: O(new rows), not O(rows)); None before any publish."""
+        manifest = self.manifest()
+        if manifest is not None:
+            self._catch_up(manifest)
+        return manifest
+
+    def _catch_up(self, manifest: Manifest) -> None:
         same_base = self._base == manifest.base and manifest.deltas[: len(self._applied)] == self._applied
         if not same_base:
             self._rows = {table: {} for table in LAYER1_TABLES}
@@ -105,11 +121,6 @@ class ProjectionReader:
         for files in manifest.deltas[len(self._applied) :]:
             self._apply(files)
         self._base, self._applied = manifest.base, manifest.deltas
-        out = {}
-        for table in LAYER1_TABLES:
-            rows = self._rows[table]
-            out[table] = [rows[key] for _, key in self._sorted_keys(table)]
-        return Snapshot(manifest.seq, manifest.watermark, manifest.last_event_id, out)
 
     def view(self) -> ProjectionView:
         """The controllers' view of the tables as of the last `read` (records kept per row)."""

@@ -66,6 +66,11 @@ __all__ = ["EmbeddedEngine", "RunOutcome"]
 
 TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 DISPATCH, TIMER = "dispatch", "timer"
+QUIET_EVENTS = frozenset({"TaskStarted", "TaskHeartbeat", "TimerRequested", "DispatchEnqueued"})
+"""Events no controller acts on at once: appending them does not wake the loop, the
+next loop folds them whatever wakes it (at the latest `poll_seconds` later). A no-op
+task's TaskFinished follows its TaskStarted at once, and a dispatch's heartbeat-check
+timer fires minutes later: folding them with the next fact saves a loop per task."""
 FaultHook = Callable[[str, str], None]
 """(point, dispatch_id or timer_id) -> None; raise to simulate a crash there (tests)."""
 
@@ -196,7 +201,6 @@ class EmbeddedEngine:
                 self._unpublished.extend(event_ids)
             else:
                 self.notices.post(event_ids)  # the leader's compactor folds them
-        self._wake.set()
 
     def _lead(self) -> None:
         """Take the compactor epoch (fencing any older replica) and catch up by one sweep.
@@ -238,10 +242,13 @@ class EmbeddedEngine:
                 self._lead()
 
     def _append(self, events: list[Event]) -> None:
+        """Append durably, and wake the loop unless every event is a QUIET_EVENTS one."""
         if events:
             events = self._traces.stamp(events)  # obs: the run's trace; ids and keys unchanged
             created = self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
             _observe.record_appended(events, created)
+            if any(e.event_type not in QUIET_EVENTS for e in events):
+                self._wake.set()
 
     def _gated_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         with self._gate.append():  # the fact's timestamp is taken inside the gate
@@ -278,11 +285,11 @@ class EmbeddedEngine:
             if self.leading:
                 self._pick_up_external()
             caught_up = self._compact()
-        snapshot = self.reader.read()
+        manifest = self.reader.refresh()
         if not self.leading:
-            self._watch_leader(snapshot.seq)
+            self._watch_leader(manifest.seq if manifest is not None else 0)
         self._view = self.reader.view()  # kept per row by the reader: O(new rows) per read
-        published = datetime.fromisoformat(snapshot.watermark) if snapshot.watermark else None
+        published = datetime.fromisoformat(manifest.watermark) if manifest is not None and manifest.watermark else None
         candidates = [t for t in (caught_up, published) if t is not None]
         watermark = max(candidates) if candidates else datetime.now(UTC) if self.leading else self._watermark
         self._watermark = watermark
@@ -303,6 +310,7 @@ class EmbeddedEngine:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
         try:
             while True:
+                self._wake.clear()  # before reading: an append from now on runs the loop again
                 view, watermark = self._refresh()
                 run = view.runs.get(run_id)
                 if run is not None and run.state in TERMINAL_RUN and not self._running:
@@ -312,7 +320,6 @@ class EmbeddedEngine:
                 self._step(view, watermark, run_id, pool)
                 self._progress(view, run_id)
                 self._wake.wait(self.poll_seconds)
-                self._wake.clear()
         except Exception as exc:
             _observe.run_failed(run_id, exc)
             raise
