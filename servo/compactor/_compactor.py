@@ -66,6 +66,7 @@ class Compactor:
         self.epoch = 0
         self.manifest: Manifest | None = None
         self._pending: dict[str, None] = {}
+        self._bodies: dict[str, bytes] = {}  # pending events' bytes, when the appender had them
         self._folded: set[str] = set()
         self._pointer_moved_at = float("-inf")
         self._watermark: datetime | None = None
@@ -138,6 +139,15 @@ class Compactor:
             if event_id not in self._folded:
                 self._pending[event_id] = None
 
+    def remember(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """In-process appenders hand over the bytes they made durable, so folding them
+        need not read each event back from the ledger. Only for pending ids (anything
+        else is folded already, or was never notified), and only after the append
+        succeeded: then these are the ledger's bytes."""
+        for event_id, body in items:
+            if event_id in self._pending:
+                self._bodies[event_id] = body
+
     def repair(self) -> int:
         """Fallback sweep (anti-entropy only, P6): list the ledger, queue what is unfolded."""
         before = len(self._pending)
@@ -150,11 +160,15 @@ class Compactor:
     def _fold_ids(self, ids: list[str]) -> list[str]:
         payloads: list[bytes] = []
         read: list[str] = []
+        bodies = self._bodies
         for event_id in ids:
-            try:
-                payloads.append(self.ledger.read(event_id))
-            except ObjectNotFound:
-                continue  # a notification for an event whose append did not land
+            body = bodies.pop(event_id, None)
+            if body is None:
+                try:
+                    body = self.ledger.read(event_id)
+                except ObjectNotFound:
+                    continue  # a notification for an event whose append did not land
+            payloads.append(body)
             read.append(event_id)
         self.projection.apply_lines(payloads)
         return read
@@ -176,6 +190,7 @@ class Compactor:
         ids = [i for i in self._pending if i not in self._folded]
         if not ids:
             self._pending.clear()
+            self._bodies.clear()
             previous = self._watermark
             self.caught_up_at = cut
             if previous is not None and (cut - previous).total_seconds() < self.idle_publish_sec:
@@ -202,6 +217,7 @@ class Compactor:
         self._folded.update(read)
         for event_id in ids:
             self._pending.pop(event_id, None)
+            self._bodies.pop(event_id, None)
         return manifest
 
     def merge(self) -> Manifest:

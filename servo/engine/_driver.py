@@ -41,6 +41,7 @@ from servo.core.controllers import (
     ControllerConfig,
     CreateStatus,
     Emitter,
+    OutboxRecord,
     ProjectionView,
     dispatch_outcome_events,
     on_timer_fired,
@@ -57,7 +58,7 @@ from servo.engine._home import Home
 from servo.engine._notices import Notices
 from servo.engine._notify import NotifySpool
 from servo.engine._push import PushEndpoint
-from servo.queue import SqliteQueue, TaskQueue
+from servo.queue import NewTask, SqliteQueue, TaskQueue, create_all
 from servo.queue._protocol import Lease
 from servo.storage import Ledger
 from servo.worker import CallbackRejected, CallbackService, Delivery
@@ -245,7 +246,11 @@ class EmbeddedEngine:
         """Append durably, and wake the loop unless every event is a QUIET_EVENTS one."""
         if events:
             events = self._traces.stamp(events)  # obs: the run's trace; ids and keys unchanged
-            created = self.ledger.append_many([(e.event_id, e.to_json().encode()) for e in events])
+            items = [(e.event_id, e.to_json().encode()) for e in events]
+            created = self.ledger.append_many(items)
+            if self.leading:
+                with self._lock:  # the compactor folds these bytes instead of reading them back
+                    self.compactor.remember(item for item, new in zip(items, created, strict=True) if new)
             _observe.record_appended(events, created)
             if any(e.event_type not in QUIET_EVENTS for e in events):
                 self._wake.set()
@@ -388,37 +393,53 @@ class EmbeddedEngine:
                 self.compactor.repair()  # events whose notice was lost (P6: listing here only)
                 self._swept_at = time.monotonic()  # this listing also serves _pick_up_external's
             self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
-        enqueued: list[Event] = []  # one group commit for the step's acknowledgements, not one per row
-        for row in pending_dispatches(view):
-            delivery = Delivery(
-                tenant=self.home.tenant,
-                workspace=self.home.workspace,
-                run_id=row.run_id,
-                task_key=row.task_key,
-                attempt=row.attempt,
-                attempt_id=row.attempt_id,
-                token=self.callbacks.token_for(row.run_id, row.task_key, row.attempt_id),
-                callback_base=self.callback_base or "",
-                traceparent=self._traces.delivery(row),
-            )
-            created = self.queue.create_task(row.cloud_task_id, self._target(DISPATCH), delivery.to_json(), now)
-            self.faults("after_dispatch_create", row.dispatch_id)
-            status = CreateStatus.CREATED if created else CreateStatus.ALREADY_EXISTS
-            if created:
+        # One queue transaction for the step's creates and one group commit for their
+        # acknowledgements, not one of each per row.
+        rows = pending_dispatches(view)
+        timers = [
+            t
+            for t in view.timers.values()
+            if t.state == "SCHEDULED" and t.run_id == run_id and t.timer_id not in self._timers_enqueued
+        ]
+        creates: list[NewTask] = [
+            (row.cloud_task_id, self._target(DISPATCH), self._delivery(row).to_json(), now) for row in rows
+        ]
+        creates += [(t.cloud_task_id, self._target(TIMER), t.timer_id.encode(), t.fire_at) for t in timers]
+
+        def after_create(index: int) -> None:
+            if index < len(rows):
+                self.faults("after_dispatch_create", rows[index].dispatch_id)
+            else:
+                self._timers_enqueued.add(timers[index - len(rows)].timer_id)  # once; a lost one is repair's
+                self.faults("after_timer_create", timers[index - len(rows)].timer_id)
+
+        created = create_all(self.queue, creates, after_create)
+        enqueued: list[Event] = []
+        for row, new in zip(rows, created, strict=False):
+            status = CreateStatus.CREATED if new else CreateStatus.ALREADY_EXISTS
+            if new:
                 _observe.observe_dispatch(view, row, now)
             enqueued += dispatch_outcome_events(row, status, now, tenant=tenant, workspace=workspace, config=config)
         self._append(enqueued)
-        for timer in view.timers.values():
-            if timer.state == "SCHEDULED" and timer.run_id == run_id and timer.timer_id not in self._timers_enqueued:
-                self.queue.create_task(timer.cloud_task_id, self._target(TIMER), timer.timer_id.encode(), timer.fire_at)
-                self._timers_enqueued.add(timer.timer_id)  # once per driver; a lost one is repair's
-                self.faults("after_timer_create", timer.timer_id)
         if self._leasing is None:
             return  # pushed to _on_push
         only = TIMER if self.callback_base is not None else None  # dispatches are for `servo worker`
         for lease in self._leasing.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
             self._deliver(lease, view, watermark, now, pool)
         _observe.observe_queue_depth(self._leasing, now)
+
+    def _delivery(self, row: OutboxRecord) -> Delivery:
+        return Delivery(
+            tenant=self.home.tenant,
+            workspace=self.home.workspace,
+            run_id=row.run_id,
+            task_key=row.task_key,
+            attempt=row.attempt,
+            attempt_id=row.attempt_id,
+            token=self.callbacks.token_for(row.run_id, row.task_key, row.attempt_id),
+            callback_base=self.callback_base or "",
+            traceparent=self._traces.delivery(row),
+        )
 
     def _target(self, kind: str) -> str:
         return f"{self._push.url}/{kind}" if self._push is not None else kind

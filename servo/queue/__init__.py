@@ -27,9 +27,11 @@ from servo.queue._protocol import (
     MAX_TASK_NAME_LENGTH,
     Lease,
     LeasingQueue,
+    NewTask,
     QueuedTask,
     QueueError,
     TaskQueue,
+    create_all,
     validate_task_name,
 )
 from servo.queue._sqlite import SqliteQueue
@@ -47,6 +49,7 @@ __all__ = [
     "CloudTasksServer",
     "Lease",
     "LeasingQueue",
+    "NewTask",
     "PushDelivery",
     "QueueError",
     "QueueWorker",
@@ -54,6 +57,7 @@ __all__ = [
     "RetryPolicy",
     "SqliteQueue",
     "TaskQueue",
+    "create_all",
     "local_cloudtasks_client",
     "validate_task_name",
 ]

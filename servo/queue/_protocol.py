@@ -19,6 +19,7 @@ charset); Servo derives them with ``servo.core.ids.dispatch_cloud_task_id`` and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -29,9 +30,11 @@ __all__ = [
     "MAX_TASK_NAME_LENGTH",
     "Lease",
     "LeasingQueue",
+    "NewTask",
     "QueueError",
     "QueuedTask",
     "TaskQueue",
+    "create_all",
     "validate_task_name",
 ]
 
@@ -140,3 +143,31 @@ def require_aware(when: datetime, what: str = "schedule_time") -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got naive {when.isoformat()}")
     return when.astimezone(UTC)
+
+
+NewTask = tuple[str, str, bytes, datetime]
+"""(name, target, payload, schedule_time): one ``create_task`` call."""
+
+
+def create_all(
+    queue: TaskQueue, items: Sequence[NewTask], after: Callable[[int], None] | None = None
+) -> list[bool]:
+    """``create_task`` for each item; in one transaction where the queue can
+    (``create_tasks``, the SQLite queue), else one call each. Per item: created?
+
+    ``after(i)`` runs once item ``i`` exists: right after its own create, or after
+    the one transaction that created them all (a crash hook in tests).
+    """
+    create_tasks = getattr(queue, "create_tasks", None)
+    if create_tasks is not None:
+        created = list(create_tasks(items))
+        for index in range(len(items)):
+            if after is not None:
+                after(index)
+        return created
+    created = []
+    for index, item in enumerate(items):
+        created.append(queue.create_task(*item))
+        if after is not None:
+            after(index)
+    return created

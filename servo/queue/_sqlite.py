@@ -30,7 +30,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from os import PathLike, fspath
@@ -183,23 +183,41 @@ class SqliteQueue:
     @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "create"), "queue")
     def create_task(self, name: str, target: str, payload: bytes, schedule_time: datetime) -> bool:
         """See ``TaskQueue.create_task``. A name pending or ended within retention → False."""
-        validate_task_name(name)
-        schedule_at = _micros(require_aware(schedule_time))
+        return self._create([(name, target, payload, schedule_time)])[0]
+
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "create_many"), "queue")
+    def create_tasks(self, items: Sequence[tuple[str, str, bytes, datetime]]) -> list[bool]:
+        """``create_task`` for each (name, target, payload, schedule_time), in one
+        transaction (one commit, one fsync): all are created or none. Per item, whether
+        this call created it (a name repeated within `items` is created once)."""
+        return self._create(items)
+
+    def _create(self, items: Sequence[tuple[str, str, bytes, datetime]]) -> list[bool]:
+        checked = [
+            (validate_task_name(name), target, bytes(payload), _micros(require_aware(when)))
+            for name, target, payload, when in items
+        ]
+        if not checked:
+            return []
         now = _micros(require_aware(self._clock(), "clock()"))
+        created: list[bool] = []
         with self._transaction() as db:
-            row = db.execute("SELECT state, ended_at FROM tasks WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                state, ended_at = row
-                if state == "pending" or ended_at > now - self._retention_us:
-                    return False
-                db.execute("DELETE FROM tasks WHERE name = ?", (name,))
-            db.execute(
-                "INSERT INTO tasks (name, target, payload, schedule_at, due_at, state)"
-                " VALUES (?, ?, ?, ?, ?, 'pending')",
-                (name, target, bytes(payload), schedule_at, schedule_at),
-            )
+            for name, target, payload, schedule_at in checked:
+                row = db.execute("SELECT state, ended_at FROM tasks WHERE name = ?", (name,)).fetchone()
+                if row is not None:
+                    state, ended_at = row
+                    if state == "pending" or ended_at > now - self._retention_us:
+                        created.append(False)
+                        continue
+                    db.execute("DELETE FROM tasks WHERE name = ?", (name,))
+                db.execute(
+                    "INSERT INTO tasks (name, target, payload, schedule_at, due_at, state)"
+                    " VALUES (?, ?, ?, ?, ?, 'pending')",
+                    (name, target, payload, schedule_at, schedule_at),
+                )
+                created.append(True)
             self._purge(db, now, _PURGE_BATCH)
-        return True
+        return created
 
     def delete_task(self, name: str) -> bool:
         """See ``TaskQueue.delete_task``; the name stays reserved for ``name_retention``."""

@@ -14,9 +14,8 @@ the ledger is never overwritten.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC
-
-from ulid import ULID
+from datetime import date
+from functools import lru_cache
 
 from servo._errors import InvalidId, ObjectExists
 from servo.obs import LEDGER_APPEND_SECONDS, timed
@@ -38,14 +37,31 @@ class EventConflict(ObjectExists):
         self.event_ids = event_ids
 
 
+_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
+_MS_PER_DAY = 86_400_000
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=4096)
+def _day_of(ulid_time: str) -> str | None:
+    """The UTC date (ISO) of a ULID's 10-character time prefix (already validated);
+    None past year 9999."""
+    ms = 0
+    for char in ulid_time:
+        ms = ms * 32 + _CROCKFORD[char]
+    try:
+        return date.fromordinal(_EPOCH_DAY + ms // _MS_PER_DAY).isoformat()
+    except (ValueError, OverflowError):
+        return None
+
+
 def ledger_object_name(event_id: str) -> str:
     """The scope-relative object name of ``event_id`` (validated as a ULID)."""
     validate_id("event", event_id)
-    try:
-        day = ULID.from_str(event_id).datetime.astimezone(UTC).date()
-    except (ValueError, OverflowError):
-        raise InvalidId(f"invalid event id {event_id!r}: its timestamp is past year 9999") from None
-    return f"{LEDGER_PREFIX}{day.isoformat()}/{event_id}.json"
+    day = _day_of(event_id[:10])
+    if day is None:
+        raise InvalidId(f"invalid event id {event_id!r}: its timestamp is past year 9999")
+    return f"{LEDGER_PREFIX}{day}/{event_id}.json"
 
 
 def _conflict(event_ids: list[str]) -> EventConflict:

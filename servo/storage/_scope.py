@@ -46,6 +46,9 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # two copies of one event on one path.
 _ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 _SEGMENT = re.compile(r"[A-Za-z0-9_.:=,@+~-]+")
+# The whole of a valid name in one match (the common case; problems are then found
+# segment by segment, to say which): segments of allowed characters, none too long.
+_NAME = re.compile(r"(?:[A-Za-z0-9_.:=,@+~-]{1,255}/)*[A-Za-z0-9_.:=,@+~-]{1,255}")
 
 
 def _shown(value: str) -> str:
@@ -97,6 +100,10 @@ def validate_id(kind: IdKind, value: str) -> str:
 def _name_problem(name: str, max_length: int, *, partial_last: bool) -> str | None:
     if len(name) > max_length:
         return f"it is {len(name)} characters long (limit {max_length})"
+    if not partial_last and _NAME.fullmatch(name):
+        padded = f"/{name}/"
+        if "/./" not in padded and "/../" not in padded:
+            return None
     problem = _ascii_problem(name)
     if problem is not None:
         return problem

@@ -10,6 +10,8 @@ import servo.queue
 EXPECTED = {
     "MAX_TASK_NAME_LENGTH",
     "Backoff",
+    "NewTask",
+    "create_all",
     "CloudTasksQueue",
     "CloudTasksServer",
     "Lease",

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from servo.queue import Lease, QueuedTask, QueueError, SqliteQueue
+from servo._errors import InvalidId
+from servo.queue import Lease, QueuedTask, QueueError, SqliteQueue, create_all
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 SOME_LEASE = Lease(QueuedTask("t_some", "target", b"", T0), "token", T0)
@@ -323,3 +324,57 @@ def test_bad_lease_arguments_raise_value_error(
 ) -> None:
     with SqliteQueue(tmp_path / "q.db") as queue, pytest.raises(ValueError):
         call(queue)
+
+
+def test_create_tasks_makes_a_batch_in_one_transaction_with_name_dedup(tmp_path: Path) -> None:
+    """One commit for many creates; an existing name (or one repeated in the batch) is
+    False, as with create_task, and everything else is created."""
+    path = tmp_path / "queue.db"
+    with SqliteQueue(path) as queue:
+        assert queue.create_task("t_old", "target", b"old", T0)
+        created = queue.create_tasks(
+            [
+                ("t_a", "target", b"a", T0),
+                ("t_old", "target", b"new bytes", T0),
+                ("t_b", "other", b"b", T0 + timedelta(seconds=5)),
+                ("t_a", "target", b"a again", T0),
+            ]
+        )
+        assert created == [True, False, True, False]
+        assert queue.create_tasks([]) == []
+    with SqliteQueue(path) as reopened:
+        assert reopened.depth() == 3
+        old, b = reopened.get_task("t_old"), reopened.get_task("t_b")
+        assert old is not None and old.payload == b"old"
+        assert b is not None and (b.target, b.schedule_time) == ("other", T0 + timedelta(seconds=5))
+
+
+def test_create_tasks_with_a_bad_item_creates_nothing(tmp_path: Path) -> None:
+    with SqliteQueue(tmp_path / "queue.db") as queue:
+        with pytest.raises(InvalidId):
+            queue.create_tasks([("t_fine", "target", b"", T0), ("bad/name", "target", b"", T0)])
+        assert queue.depth() == 0
+
+
+def test_create_all_calls_after_each_item_once_created(tmp_path: Path) -> None:
+    """Batched (SQLite) or one call each (any other queue), `after(i)` runs once item i
+    exists, and the answers match create_task's."""
+
+    class OneCallEach(SqliteQueue):
+        create_tasks = None  # type: ignore[assignment]
+
+    seen: list[tuple[int, bool]] = []
+
+    def check(queue: SqliteQueue) -> Callable[[int], None]:
+        return lambda i: seen.append((i, queue.get_task(f"t_{i}") is not None))
+
+    for queue in (SqliteQueue(tmp_path / "a.db"), OneCallEach(tmp_path / "b.db")):
+        with queue:
+            queue.create_task("t_0", "target", b"", T0)
+            assert create_all(queue, [(f"t_{i}", "target", b"", T0) for i in range(3)], check(queue)) == [
+                False,
+                True,
+                True,
+            ]
+            assert seen == [(0, True), (1, True), (2, True)]
+            seen.clear()
