@@ -245,20 +245,22 @@ class Compactor:
         """Write one L0 delta as a single group commit (a few fsyncs, not two per file).
 
         Each file is create-only and idempotent (an identical retry is no conflict),
-        and all are durable before the manifest that names them is published.
+        and all are durable before the manifest that names them is published. The
+        files sit side by side in `state/l0/` (`{seq}.e{epoch}.{table}.parquet`): a
+        directory per delta would cost a mkdir and a second directory fsync each.
         """
         prefix = self._prefix("l0", seq)
         files: dict[str, str] = {}
         items: list[tuple[str, bytes]] = []
         for table, (rows, deleted) in sorted(changes.items()):
             if rows:
-                files[table] = f"{prefix}/{table}.parquet"
+                files[table] = f"{prefix}.{table}.parquet"
                 items.append((files[table], parquet_bytes(self.spec.tables[table], rows, compression="snappy")))
             if deleted:
                 body = json.dumps([list(k) for k in deleted], separators=(",", ":")).encode()
-                files[f"{table}.deleted"] = f"{prefix}/{table}.deleted.json"
+                files[f"{table}.deleted"] = f"{prefix}.{table}.deleted.json"
                 items.append((files[f"{table}.deleted"], body))
-        files["_events"] = f"{prefix}/_events.json"
+        files["_events"] = f"{prefix}._events.json"
         items.append((files["_events"], json.dumps(ids).encode()))
         self.store.put_many_if_absent(items)
         return files

@@ -8,6 +8,7 @@ at all (P6).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ class StateView:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The Layer 1 tables as of one manifest."""
+    """The Layer 1 tables (those the reader reads) as of one manifest."""
 
     seq: int
     watermark: str | None
@@ -70,9 +71,12 @@ class ProjectionReader:
     costs O(new rows) plus copying the sorted lists out.
     """
 
-    def __init__(self, view: StateView, spec: Spec) -> None:
+    def __init__(self, view: StateView, spec: Spec, tables: Sequence[str] = LAYER1_TABLES) -> None:
+        """`tables`: which Layer 1 tables to read (a driver needs only the
+        ProjectionView ones); the others are not read at all."""
         self._view = view
         self._spec = spec
+        self._tables = tuple(t for t in LAYER1_TABLES if t in tables)
         self._manifests = ManifestReader(view)
         self._base: dict[str, str] | None = None
         self._applied: tuple[dict[str, str], ...] = ()
@@ -93,10 +97,10 @@ class ProjectionReader:
         """Tables as of `manifest` (default: the latest); empty before any publish."""
         manifest = manifest if manifest is not None else self.manifest()
         if manifest is None:
-            return Snapshot(0, None, "", {t: [] for t in LAYER1_TABLES})
+            return Snapshot(0, None, "", {t: [] for t in self._tables})
         self._catch_up(manifest)
         out = {}
-        for table in LAYER1_TABLES:
+        for table in self._tables:
             rows = self._rows[table]
             out[table] = [rows[key] for _, key in self._sorted_keys(table)]
         return Snapshot(manifest.seq, manifest.watermark, manifest.last_event_id, out)
@@ -112,9 +116,9 @@ class ProjectionReader:
     def _catch_up(self, manifest: Manifest) -> None:
         same_base = self._base == manifest.base and manifest.deltas[: len(self._applied)] == self._applied
         if not same_base:
-            self._rows = {table: {} for table in LAYER1_TABLES}
-            self._order = {table: [] for table in LAYER1_TABLES}
-            self._added = {table: [] for table in LAYER1_TABLES}
+            self._rows = {table: {} for table in self._tables}
+            self._order = {table: [] for table in self._tables}
+            self._added = {table: [] for table in self._tables}
             self._records = {table: {} for table in ProjectionView.TABLES}
             self._apply(manifest.base)
             self._applied = ()
@@ -139,7 +143,7 @@ class ProjectionReader:
         return order
 
     def _apply(self, files: dict[str, str]) -> None:
-        for table in LAYER1_TABLES:
+        for table in self._tables:
             spec = self._spec.tables[table]
             rows = self._rows[table]
             records = self._records.get(table)

@@ -149,7 +149,7 @@ class EmbeddedEngine:
         self._gate = AppendGate()  # worker facts never straddle a compaction's cut
         self.ledger = Ledger(self.store, on_append=self._appended)
         self._traces = _observe.RunTraces(self.ledger)
-        self.reader = ProjectionReader(StateView(self.store), self.spec)
+        self.reader = ProjectionReader(StateView(self.store), self.spec, ProjectionView.TABLES)
         self._owns_queue = queue is None
         self.queue: TaskQueue = queue if queue is not None else SqliteQueue(home.queue_path)
         # The SQLite queue is leased by this loop; any other queue pushes to _on_push.
