@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -97,6 +98,11 @@ class TimerRecord:
     row_version: str
 
 
+# Sort keys in C (a view is rebuilt on every driver loop).
+_TASK_ORDER = attrgetter("run_id", "task_key")
+_OUTBOX_ORDER = attrgetter("dispatch_id")
+_TIMER_ORDER = attrgetter("timer_id")
+
 # The rows derive cloud task ids by hashing on every read; a view is rebuilt often.
 _dispatch_cloud_id: Callable[[str], str] = lru_cache(maxsize=1 << 16)(dispatch_cloud_task_id)
 _timer_cloud_id: Callable[[str], str] = lru_cache(maxsize=1 << 16)(timer_cloud_task_id)
@@ -129,17 +135,16 @@ class ProjectionView:
     ) -> None:
         self.runs: Mapping[str, RunRecord] = MappingProxyType({r.run_id: r for r in runs})
         self.tasks: Mapping[tuple[str, str], TaskRecord] = MappingProxyType(
-            {(t.run_id, t.task_key): t for t in sorted(tasks, key=lambda t: (t.run_id, t.task_key))}
+            {(t.run_id, t.task_key): t for t in sorted(tasks, key=_TASK_ORDER)}
         )
         self.outbox: Mapping[str, OutboxRecord] = MappingProxyType(
-            {o.dispatch_id: o for o in sorted(outbox, key=lambda o: o.dispatch_id)}
+            {o.dispatch_id: o for o in sorted(outbox, key=_OUTBOX_ORDER)}
         )
-        ordered = sorted(timers, key=lambda t: t.timer_id)
-        self.timers: Mapping[str, TimerRecord] = MappingProxyType({t.timer_id: t for t in ordered})
-        by_attempt: dict[tuple[str, str | None, str | None, int | None], list[TimerRecord]] = {}
-        for timer in ordered:
-            by_attempt.setdefault((timer.timer_type, timer.run_id, timer.task_key, timer.attempt), []).append(timer)
-        self._timers_by_attempt = {k: tuple(v) for k, v in by_attempt.items()}
+        self.timers: Mapping[str, TimerRecord] = MappingProxyType(
+            {t.timer_id: t for t in sorted(timers, key=_TIMER_ORDER)}
+        )
+        self._timers_by_attempt: dict[tuple[str, str | None, str | None, int | None], tuple[TimerRecord, ...]] | None
+        self._timers_by_attempt = None  # built on the first timers_of
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ProjectionView):
@@ -167,6 +172,12 @@ class ProjectionView:
 
     def timers_of(self, timer_type: str, run_id: str, task_key: str, attempt: int) -> tuple[TimerRecord, ...]:
         """Every timer of one type for one attempt of a task, by timer_id."""
+        if self._timers_by_attempt is None:
+            by_attempt: dict[tuple[str, str | None, str | None, int | None], list[TimerRecord]] = {}
+            for timer in self.timers.values():
+                key = (timer.timer_type, timer.run_id, timer.task_key, timer.attempt)
+                by_attempt.setdefault(key, []).append(timer)
+            self._timers_by_attempt = {k: tuple(v) for k, v in by_attempt.items()}
         return self._timers_by_attempt.get((timer_type, run_id, task_key, attempt), ())
 
     # ------------------------------------------------------- construction --
