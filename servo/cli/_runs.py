@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ runs_app = typer.Typer(help="List, inspect and cancel runs (reads the published 
 
 HomeOption = Annotated[Path, typer.Option("--home", help="The Servo home directory.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
 def _snapshot(home: Path) -> dict[str, list[dict[str, Any]]]:
@@ -86,14 +88,24 @@ def cancel_run(
     run_id: str,
     home: HomeOption = Path(".servo"),
     reason: Annotated[str, typer.Option(help="Why (recorded in the event).")] = "cancelled from the CLI",
+    wait: Annotated[
+        float, typer.Option(help="With an engine running: seconds to wait for it to apply the cancel.")
+    ] = 30.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Cancel a run: every non-terminal task becomes CANCELLED."""
+    """Cancel a run: every non-terminal task becomes CANCELLED.
+
+    If `servo run` is driving the home, the event goes to it (its notify spool) and
+    this waits up to --wait seconds for the run to end; otherwise it is folded here.
+    """
+    import secrets
+
     from servo.compactor import Compactor
     from servo.core.events import Catalog
     from servo.core.ids import new_ulid
     from servo.core.rules import default_spec, registry
     from servo.engine import Home
+    from servo.engine._notify import NotifySpool
     from servo.storage import Ledger
 
     try:
@@ -101,13 +113,11 @@ def cancel_run(
         run = next((r for r in tables["runs"] if r["run_id"] == run_id), None)
         if run is None:
             raise _fail(f"no run {run_id!r} in {home}", 1)
-        if run["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        if run["state"] in TERMINAL_RUN_STATES:
             raise _fail(f"run {run_id} already ended {run['state']}", 1)
         h = Home.open(home, create=False)
         spec = default_spec()
         now = datetime.now(UTC)
-        import secrets
-
         event = Catalog(spec).make(
             "RunCancelRequested",
             {"run_id": run_id, "reason": reason, "requested_by": "cli"},
@@ -117,16 +127,35 @@ def cancel_run(
             occurred_at=now,
             source="cli",
         )
-        compactor = Compactor(h.store, spec, registry())
-        ledger = Ledger(h.store, on_append=compactor.notify)
-        ledger.append(event.event_id, event.to_json().encode())
-        compactor.start()
-        compactor.notify([event.event_id])
-        compactor.compact()
+        with h.unless_driven() as idle:
+            if idle:  # nobody folds for us: do it here (no engine to fence)
+                compactor = Compactor(h.store, spec, registry())
+                ledger = Ledger(h.store, on_append=compactor.notify)
+                ledger.append(event.event_id, event.to_json().encode())
+                compactor.start()
+                compactor.notify([event.event_id])
+                compactor.compact()
+            else:  # the running engine folds it: starting a compactor would fence it
+                Ledger(h.store, on_append=NotifySpool.for_home(h).post).append(event.event_id, event.to_json().encode())
+        state = _state_of(home, run_id)
+        deadline = time.monotonic() + max(0.0, wait)
+        while state not in TERMINAL_RUN_STATES and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = _state_of(home, run_id)
     except ServoError as exc:
         raise _fail(str(exc)) from None
-    state = next(r for r in _snapshot(home)["runs"] if r["run_id"] == run_id)["state"]
+    applied = state in TERMINAL_RUN_STATES
     if as_json:
-        sys.stdout.write(json.dumps({"run_id": run_id, "state": state, "event_id": event.event_id}) + "\n")
-    else:
+        body = {"run_id": run_id, "state": state, "event_id": event.event_id, "applied": applied}
+        sys.stdout.write(json.dumps(body) + "\n")
+    elif applied:
         Console().print(f"run {run_id}: {state}")
+    else:
+        Console().print(
+            f"run {run_id}: {state}; cancel requested (event {event.event_id}), "
+            "the running engine has not applied it yet"
+        )
+
+
+def _state_of(home: Path, run_id: str) -> str:
+    return str(next(r for r in _snapshot(home)["runs"] if r["run_id"] == run_id)["state"])

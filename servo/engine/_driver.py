@@ -61,7 +61,7 @@ from servo.engine._push import PushEndpoint
 from servo.queue import NewTask, SqliteQueue, TaskQueue, create_all
 from servo.queue._protocol import Lease
 from servo.storage import Ledger
-from servo.worker import CallbackRejected, CallbackService, Delivery
+from servo.worker import CallbackRejected, CallbackService, Delivery, StaleAttemptRejected
 
 __all__ = ["EmbeddedEngine", "RunOutcome"]
 
@@ -304,6 +304,10 @@ class EmbeddedEngine:
 
     def run(self, run_key: str | None = None, *, timeout: float | None = None) -> RunOutcome:
         """Run the pipeline to completion (resuming an unfinished run of it)."""
+        with self.home.driving():  # `servo runs cancel` then hands us its event
+            return self._run(run_key, timeout)
+
+    def _run(self, run_key: str | None, timeout: float | None) -> RunOutcome:
         started = time.monotonic()
         with self._lock:
             self._lead()
@@ -532,6 +536,8 @@ class EmbeddedEngine:
             else:
                 _observe.task_finished(delivery, time.perf_counter() - began)
                 self.callbacks.finished(delivery, worker_id, "SUCCEEDED")
+        except StaleAttemptRejected as exc:  # cancelled or timed out while it ran: done
+            _observe.attempt_superseded(delivery, exc)
         except Exception as exc:  # logged and counted; the queue redelivers the attempt
             _observe.worker_failed(delivery, exc)
             raise

@@ -4,12 +4,16 @@
       store/      LocalStore: ledger, manifests, Parquet state (one tenant/workspace)
       queue.db    the embedded durable queue (SQLite)
       secret      the tenant secret (run ids from run keys, per-attempt tokens)
+      engine.lock held shared by every engine driving the home (`runs cancel` asks)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,15 +59,53 @@ class Home:
 
     @property
     def secret(self) -> bytes:
-        """The tenant secret, created once with mode 0600."""
+        """The tenant secret, created once with mode 0600.
+
+        Two processes opening a fresh home at once (`servo serve` and `servo run`) both
+        get the one secret: each writes a whole candidate to a temp file and links it
+        into place (create-only), so the loser reads the winner's, never a partial file.
+        """
         path = self.root / "secret"
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp = self.root / f".secret.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.write(fd, secrets.token_hex(32).encode())
+                os.fsync(fd)
             finally:
                 os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process made it first: use theirs
+            finally:
+                tmp.unlink()
         data = path.read_bytes().strip()
         if len(data) < 32:
             raise HomeError(f"{path}: secret is too short; delete it to make a new one")
         return data
+
+    @contextlib.contextmanager
+    def driving(self) -> Iterator[None]:
+        """Held (shared: replicas may drive together) while an engine drives this home."""
+        fd = os.open(self.root / "engine.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # also releases the lock; a killed engine's goes with its process
+
+    @contextlib.contextmanager
+    def unless_driven(self) -> Iterator[bool]:
+        """True (and no engine can start until the block ends) if no engine is driving
+        this home; False if one is, which then folds what is appended (notify spool)."""
+        fd = os.open(self.root / "engine.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+            else:
+                yield True
+        finally:
+            os.close(fd)

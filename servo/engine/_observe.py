@@ -165,6 +165,13 @@ def worker_failed(delivery: Delivery, error: Exception) -> None:
     _worker_log.error("attempt %s of task %s could not report: %s", delivery.attempt_id, delivery.task_key, error, extra=extra, exc_info=True)
 
 
+def attempt_superseded(delivery: Delivery, error: Exception) -> None:
+    """An attempt's report was refused as stale: the task was cancelled or the attempt
+    timed out while it ran. Its result is discarded; nothing is retried."""
+    extra = {"component": "worker", "error_type": type(error).__name__}
+    _worker_log.info("attempt %s of task %s ended while running; result discarded: %s", delivery.attempt_id, delivery.task_key, error, extra=extra)
+
+
 def run_failed(run_id: str, error: Exception) -> None:
     """The driver loop stopped on an error: log and count it with the run's ids."""
     obs.record_error("engine", error)

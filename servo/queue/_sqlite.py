@@ -185,7 +185,7 @@ class SqliteQueue:
         """See ``TaskQueue.create_task``. A name pending or ended within retention → False."""
         return self._create([(name, target, payload, schedule_time)])[0]
 
-    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "create_many"), "queue")
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "create"), "queue")  # a batch is one create
     def create_tasks(self, items: Sequence[tuple[str, str, bytes, datetime]]) -> list[bool]:
         """``create_task`` for each (name, target, payload, schedule_time), in one
         transaction (one commit, one fsync): all are created or none. Per item, whether

@@ -68,3 +68,53 @@ def test_unknown_home_and_run_are_clear_errors(tmp_path: Path, spec: Spec, rules
     home = seeded_home(tmp_path, spec, rules, catalog)
     ghost = runner.invoke(app, ["runs", "show", "run_ghost", "--home", str(home)])
     assert ghost.exit_code == 1 and "no run 'run_ghost'" in ghost.output
+
+
+def test_cancel_hands_a_running_engine_the_event_instead_of_fencing_it(tmp_path: Path) -> None:
+    """With `servo run` driving the home, `runs cancel` appends RunCancelRequested and
+    posts it to the engine's notify spool; the engine folds it and ends the run
+    CANCELLED. No second compactor starts, so the engine keeps its epoch (starting one
+    used to fence the running engine until it took the epoch back)."""
+    import threading
+    import time
+
+    from servo.api import Pipeline, TaskContext
+    from servo.compactor import ProjectionReader, StateView
+    from servo.core.rules import default_spec
+    from servo.engine import EmbeddedEngine, RunOutcome
+
+    home = Home.open(tmp_path / ".servo")
+    pipeline = Pipeline("cancel_me")
+    started = threading.Event()
+
+    @pipeline.task()
+    def slow(ctx: TaskContext) -> None:
+        started.set()
+        time.sleep(1.0)
+
+    @pipeline.task(depends_on=["slow"])
+    def after() -> None:
+        raise AssertionError("a cancelled run must not start downstream tasks")
+
+    engine = EmbeddedEngine(home, pipeline, poll_seconds=0.01)
+    outcome: list[RunOutcome] = []
+    driver = threading.Thread(target=lambda: outcome.append(engine.run(timeout=60)))
+    driver.start()
+    assert started.wait(30)
+    run_id = ProjectionReader(StateView(home.store), default_spec()).read().tables["runs"][0]["run_id"]
+
+    result = runner.invoke(app, ["runs", "cancel", run_id, "--home", str(home.root), "--json"])
+
+    driver.join(60)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["state"] == "CANCELLED"
+    assert outcome and outcome[0].state == "CANCELLED"
+    assert home.store.get("compactor/epoch").data == b"1"  # nobody took the engine's epoch
+    assert engine.leading
+
+
+def test_cancel_without_a_running_engine_folds_the_event_itself(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    result = runner.invoke(app, ["runs", "cancel", "run_open", "--home", str(home), "--json", "--wait", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["state"] == "CANCELLED"

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from servo.api import Pipeline, TaskContext
 from servo.engine import EmbeddedEngine, Home, RunOutcome
 from servo.obs import REGISTRY, configure_logging
+from servo.queue import NewTask, SqliteQueue
 from servo.storage import Ledger
 from servo.worker import Delivery
 
@@ -71,14 +73,14 @@ def run_observed(home: Path) -> ObservedRun:
     leased_seen: list[float] = []
     engine = EmbeddedEngine(Home.open(home), tiny_pipeline(leased_seen), workers=2)
     deliveries: list[Delivery] = []
-    create = engine.queue.create_task
+    assert isinstance(engine.queue, SqliteQueue)
+    create = engine.queue.create_tasks
 
-    def spy(name: str, target: str, payload: bytes, when: Any) -> bool:
-        if target == "dispatch":
-            deliveries.append(Delivery.from_json(payload))
-        return create(name, target, payload, when)
+    def spy(items: Sequence[NewTask]) -> list[bool]:
+        deliveries.extend(Delivery.from_json(payload) for _, target, payload, _ in items if target == "dispatch")
+        return create(items)
 
-    engine.queue.create_task = spy  # type: ignore[method-assign]
+    engine.queue.create_tasks = spy  # type: ignore[method-assign]
     try:
         outcome = engine.run(timeout=60)
     finally:
