@@ -282,6 +282,23 @@ class SqliteQueue:
                 leases.append(Lease(task, token, expires_at))
         return leases
 
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "extend"), "queue")
+    def extend(self, lease: Lease, now: datetime, lease_seconds: float) -> Lease | None:
+        """Keep holding a task still being worked on: its lease now ends `lease_seconds`
+        after `now`, under the same token (so the holder's ack still counts). None if
+        the lease was lost (it expired and someone leased the task, or it ended)."""
+        if lease_seconds <= 0:
+            raise ValueError("extend needs lease_seconds > 0")
+        expires_at = require_aware(now, "now") + timedelta(seconds=lease_seconds)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET due_at = ? WHERE name = ? AND lease_token = ? AND state = 'pending'",
+                (_micros(expires_at), lease.task.name, lease.token),
+            )
+            if cursor.rowcount != 1:
+                return None
+        return Lease(lease.task, lease.token, expires_at)
+
     @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "ack"), "queue")
     def ack(self, lease: Lease) -> bool:
         """See ``LeasingQueue.ack``. The row becomes a tombstone; its payload is dropped."""

@@ -94,6 +94,7 @@ class HttpWorker:
         self.client = client or httpx.Client(timeout=httpx.Timeout(10.0, connect=2.0))
         self.handled = 0
         self._running: dict[str, Future[None]] = {}
+        self._held: dict[str, Lease] = {}  # leases of running attempts, extended while they run
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------- HTTP --
@@ -164,11 +165,13 @@ class HttpWorker:
                 with self._lock:
                     free = self.concurrency - len(self._running)
                 now = datetime.now(UTC)
+                self._keep_leases(now)
                 leases = self.queue.lease(now, max_tasks=free, lease_seconds=self.lease_seconds, target=DISPATCH) if free else []
                 for lease in leases:
                     with self._lock:
                         if lease.task.name in self._running:
                             continue  # our own lease expired while the task still runs
+                        self._held[lease.task.name] = lease
                         self._running[lease.task.name] = pool.submit(self._handle, lease)
                 with self._lock:
                     busy = bool(self._running)
@@ -185,6 +188,20 @@ class HttpWorker:
                 self.client.close()
         return self.handled
 
+    def _keep_leases(self, now: datetime) -> None:
+        """Extend the lease of every attempt still running once half of it is gone, so
+        no other worker is handed a running attempt (and our ack still counts)."""
+        with self._lock:
+            half = self.lease_seconds / 2
+            due = [(n, held) for n, held in self._held.items() if (held.expires_at - now).total_seconds() <= half]
+        for name, lease in due:
+            kept = self.queue.extend(lease, now, self.lease_seconds)
+            with self._lock:
+                if kept is None:  # lost (or acked meanwhile): stop keeping it
+                    self._held.pop(name, None)
+                elif name in self._running:
+                    self._held[name] = kept
+
     def _handle(self, lease: Lease) -> None:
         try:
             self._attempt(lease)
@@ -192,6 +209,7 @@ class HttpWorker:
             log.exception("worker failed on queue task %s", lease.task.name)
         finally:
             with self._lock:
+                self._held.pop(lease.task.name, None)
                 self._running.pop(lease.task.name, None)
 
     def _attempt(self, lease: Lease) -> None:

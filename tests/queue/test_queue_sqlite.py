@@ -378,3 +378,23 @@ def test_create_all_calls_after_each_item_once_created(tmp_path: Path) -> None:
             ]
             assert seen == [(0, True), (1, True), (2, True)]
             seen.clear()
+
+
+def test_extend_keeps_a_lease_past_its_expiry_for_its_holder_only(tmp_path: Path) -> None:
+    """A worker still running a task extends its lease: nobody else can lease the task
+    meanwhile, its ack still counts, and a lease that was lost cannot be extended."""
+    with SqliteQueue(tmp_path / "queue.db") as queue:
+        queue.create_task("t_long", "target", b"", T0)
+        (lease,) = queue.lease(T0, lease_seconds=10)
+        kept = queue.extend(lease, T0 + timedelta(seconds=8), lease_seconds=10)
+        assert kept is not None and kept.token == lease.token
+        assert kept.expires_at == T0 + timedelta(seconds=18)
+        assert queue.lease(T0 + timedelta(seconds=15), lease_seconds=10) == []  # still held
+        assert queue.ack(lease)  # the same token acks
+        queue.create_task("t_lost", "target", b"", T0)
+        (first,) = queue.lease(T0, lease_seconds=1)
+        (second,) = queue.lease(T0 + timedelta(seconds=2), lease_seconds=1)  # it expired and moved on
+        assert second.token != first.token
+        assert queue.extend(first, T0 + timedelta(seconds=2), lease_seconds=10) is None
+        with pytest.raises(ValueError):
+            queue.extend(second, T0, lease_seconds=0)

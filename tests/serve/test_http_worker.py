@@ -64,3 +64,35 @@ def test_an_unreachable_server_releases_the_lease_for_a_later_retry(home: Home, 
     assert ran == []
     with SqliteQueue(home.queue_path) as queue:
         assert queue.depth() == 1  # still pending: nacked, due again shortly
+
+
+def test_two_workers_never_both_run_an_attempt_that_outlives_its_lease(home: Home, stage: Stage) -> None:
+    """`servo worker` leases for `lease_seconds`; a task running three times as long
+    keeps its lease, so a second worker process on the same queue does not run it too."""
+    import time
+
+    stage.start_run("run_1", TaskDef("a"))
+    live = stage.dispatch("run_1", "a", 1)
+    ran: list[str] = []
+    pipeline = Pipeline("p")
+
+    @pipeline.task
+    def a(ctx: TaskContext) -> None:
+        ran.append(ctx.attempt_id)
+        time.sleep(1.0)
+
+    with serving(create_app(home, lag_wait_seconds=0.5)) as url:
+        _enqueue(home, "d_long", live, base=url)
+        first = HttpWorker(home.queue_path, pipeline, concurrency=1, lease_seconds=0.3, poll_seconds=0.02)
+        second = HttpWorker(home.queue_path, pipeline, concurrency=1, lease_seconds=0.3, poll_seconds=0.02)
+        stop = threading.Event()
+        threads = [threading.Thread(target=w.run, args=(stop,), kwargs={"idle_exit": 1.5}) for w in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert ran == [live["json"]["attempt_id"]]  # type: ignore[index]
+    with SqliteQueue(home.queue_path) as queue:
+        assert queue.depth() == 0
+    stage.compact()
+    assert stage.tasks()["a"]["state"] == "SUCCEEDED"
