@@ -18,7 +18,7 @@ from servo.core.controllers import ProjectionView
 from servo.core.fold import LAYER1_TABLES
 from servo.spec import Spec
 from servo.storage import ScopedStore, StoredObject
-from servo.tables._parquet import read_parquet
+from servo.tables._parquet import json_ready, parquet_rows
 
 __all__ = ["ProjectionReader", "Snapshot", "StateView", "StateViewDenied"]
 
@@ -155,13 +155,13 @@ class ProjectionReader:
             name = files.get(table)
             if name:
                 added = self._added[table]
-                for row in read_parquet(self._view.get(name).data, spec):
-                    key = tuple(row[k] for k in spec.primary_key)
+                for raw in parquet_rows(self._view.get(name).data):
+                    key = tuple(raw[k] for k in spec.primary_key)
                     if key not in rows:
                         added.append(key)
-                    rows[key] = row
-                    if records is not None:
-                        records[key] = ProjectionView.record(table, row)
+                    if records is not None:  # from the Arrow row: no timestamp text round trip
+                        records[key] = ProjectionView.record(table, raw)
+                    rows[key] = json_ready(spec, raw)
 
     def _deleted(self, name: str | None) -> list[tuple[Any, ...]]:
         if not name:

@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 from servo.core.events import format_timestamp
 from servo.spec import Column, TableSpec
 
-__all__ = ["arrow_schema", "parquet_bytes", "read_parquet", "to_arrow", "write_parquet"]
+__all__ = ["arrow_schema", "json_ready", "parquet_bytes", "parquet_rows", "read_parquet", "to_arrow", "write_parquet"]
 
 
 def _arrow_type(column: Column) -> Any:
@@ -33,6 +34,7 @@ def _arrow_type(column: Column) -> Any:
     }[column.type]
 
 
+@lru_cache(maxsize=64)
 def arrow_schema(spec: TableSpec) -> Any:
     """The Arrow schema of a table spec (enum values recorded in field metadata)."""
     fields = []
@@ -77,19 +79,27 @@ def write_parquet(path: Path, spec: TableSpec, rows: Sequence[dict[str, Any]]) -
 
 def read_parquet(source: Path | bytes, spec: TableSpec) -> list[dict[str, Any]]:
     """Rows back as JSON-ready dicts (inverse of `to_arrow`)."""
+    return [json_ready(spec, row) for row in parquet_rows(source)]
+
+
+def parquet_rows(source: Path | bytes) -> list[dict[str, Any]]:
+    """Rows as Arrow gives them (timestamps as datetimes, json columns as text)."""
     # ParquetFile reads one file directly; read_table goes through the dataset API,
     # which costs twice as much for the small files deltas are.
     handle = pa.BufferReader(source) if isinstance(source, bytes) else str(source)
-    table = pq.ParquetFile(handle).read()
-    out: list[dict[str, Any]] = []
-    for row in table.to_pylist():
-        for column in spec.columns:
-            value = row.get(column.name)
-            if value is None:
-                continue
-            if column.type == "timestamp":
-                row[column.name] = format_timestamp(value)
-            elif column.type == "json":
-                row[column.name] = json.loads(value)
-        out.append(row)
+    rows: list[dict[str, Any]] = pq.ParquetFile(handle).read(use_threads=False).to_pylist()
+    return rows
+
+
+def json_ready(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
+    """A row of `parquet_rows` as the JSON-ready dict `to_arrow` took (a copy)."""
+    out = dict(row)
+    for column in spec.columns:
+        value = out.get(column.name)
+        if value is None:
+            continue
+        if column.type == "timestamp":
+            out[column.name] = format_timestamp(value)
+        elif column.type == "json":
+            out[column.name] = json.loads(value)
     return out
