@@ -107,6 +107,7 @@ class Projection:
         copies: list[Event] | None = None  # every copy of the held event_id, if several
         remaining = iter(lines)
         loads, decode, catalog_parse, parse = orjson.loads, self._decode, self.catalog.parse, self.parse
+        fast_parsers = self.catalog.fast_parsers
         for raw in remaining:
             if kept is not None:
                 kept.append(raw)
@@ -116,8 +117,15 @@ class Projection:
                 obj = decode(raw)
                 if obj is None:
                     continue
-            try:  # self.parse without its call; on a problem, it records the rejection
-                event = catalog_parse(obj)
+            try:  # self.parse without its calls; on a problem, it records the rejection
+                event = None
+                if type(obj) is dict:  # catalog.parse's fast path, inlined
+                    event_type = obj.get("event_type")
+                    fast = fast_parsers.get(event_type) if type(event_type) is str else None
+                    if fast is not None:
+                        event = fast(obj)
+                if event is None:
+                    event = catalog_parse(obj)
                 check_semantics(event)
             except InvalidEvent:
                 parsed = parse(obj, raw)
