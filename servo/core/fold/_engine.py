@@ -229,9 +229,9 @@ class Engine:
         done: a derived event has the causing event's id and time, its own type and data)."""
         pending, steps = ctx.part.pending, self._derived_steps
         while pending:
-            derived = pending.popleft()
-            ctx.event_type, ctx.data, ctx.row = derived.event_type, derived.data, None
-            steps[(derived.machine, derived.event_type)](derived.instance, ctx)
+            machine, instance, event_type, data = pending.popleft()
+            ctx.event_type, ctx.data, ctx.row = event_type, data, None
+            steps[(machine, event_type)](instance, ctx)
 
 
 def _refuse(ctx: Ctx, reason: str, detail: str) -> Rejection:

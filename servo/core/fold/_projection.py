@@ -223,7 +223,7 @@ class Projection:
         appliers = self.engine.appliers
         ctx = self._ctx
         for event in events:
-            event_id, event_type, _, _, idempotency_key, occurred_at, data = event[:7]
+            event_id, event_type, _, _, idempotency_key, occurred_at, data, _, _, _ = event
             applier = appliers.get(event_type)
             if applier is None:
                 self._invalid(Rejection(event_id, "UNKNOWN_EVENT_TYPE", event_type, "not a Layer 1 event"))
