@@ -117,13 +117,12 @@ class Projection:
                 obj = decode(raw)
                 if obj is None:
                     continue
+            try:  # catalog.parse's fast path, inlined
+                fast = fast_parsers[obj["event_type"]]
+            except (KeyError, TypeError):  # not an object, an unknown or unhashable type
+                fast = None
             try:  # self.parse without its calls; on a problem, it records the rejection
-                event = None
-                if type(obj) is dict:  # catalog.parse's fast path, inlined
-                    event_type = obj.get("event_type")
-                    fast = fast_parsers.get(event_type) if type(event_type) is str else None
-                    if fast is not None:
-                        event = fast(obj)
+                event = fast(obj) if fast is not None else None
                 if event is None:
                     event = catalog_parse(obj)
                 check_semantics(event)
