@@ -35,9 +35,34 @@ class UnknownEventType(InvalidEvent):
     """The envelope names an event type that is not in the catalog."""
 
 
+# Payload timestamps the fast parsers found UTC, parsed: the fold reads some again
+# (`record_heartbeat`), and equal ones recur. Bounded: cleared when full.
+_UTC_STAMPS: dict[str, datetime] = {}
+_UTC_STAMPS_MAX = 1 << 12
+
+
+def _utc_stamp(value: str) -> datetime | None:
+    """`value` parsed if it is an RFC 3339 timestamp in UTC, else None (fast parsers)."""
+    parsed = _UTC_STAMPS.get(value)
+    if parsed is None:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is not UTC:
+            return None
+        if len(_UTC_STAMPS) >= _UTC_STAMPS_MAX:
+            _UTC_STAMPS.clear()
+        _UTC_STAMPS[value] = parsed
+    return parsed
+
+
 def parse_timestamp(value: object, what: str) -> datetime:
     """An RFC 3339 timestamp with an explicit offset, as an aware UTC datetime."""
     if type(value) is str:
+        parsed = _UTC_STAMPS.get(value)
+        if parsed is not None:
+            return parsed
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
@@ -108,8 +133,8 @@ class Event(NamedTuple):
 Check = Callable[[Any], str | None]
 
 
-FastParse = Callable[[dict[str, Any], str, str], "Event | None"]
-"""fast(obj, event_id, event_type): the Event of a well-formed envelope, else None."""
+FastParse = Callable[[dict[str, Any]], "Event | None"]
+"""fast(obj): the Event of a well-formed envelope of one event type, else None."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,12 @@ class Catalog:
             cached = _CATALOGS[id(spec)] = cls(spec)
         return cached
 
+    @property
+    def fast_parsers(self) -> Mapping[str, FastParse]:
+        """Per event type, `parse` for the well-formed envelope (exact JSON types, a UTC
+        `occurred_at`): the Event, or None when `parse` must say what is wrong."""
+        return self._fast
+
     def event_spec(self, event_type: str) -> EventSpec | None:
         """The catalog entry of `event_type`, or None."""
         compiled = self._compiled.get(event_type)
@@ -170,12 +201,11 @@ class Catalog:
         """Validate a decoded JSON envelope into an Event."""
         if type(obj) is dict:
             # Fast path: one compiled pass of exact type checks over envelope and payload.
-            event_id, event_type = obj.get("event_id"), obj.get("event_type")
-            if type(event_id) is str and type(event_type) is str and _ID_TEXT.match(event_id):
-                fast = self._fast.get(event_type)
-                event = fast(obj, event_id, event_type) if fast is not None else None
-                if event is not None:
-                    return event
+            event_type = obj.get("event_type")
+            fast = self._fast.get(event_type) if type(event_type) is str else None
+            event = fast(obj) if fast is not None else None
+            if event is not None:
+                return event
         if not isinstance(obj, dict):
             raise InvalidEvent("an event must be a JSON object")
         event_id = obj.get("event_id")
@@ -369,8 +399,12 @@ def _compile_fast_parse(event: EventSpec, records: Mapping[str, RecordSpec]) -> 
     """
     # tuple.__new__ builds the Event without the Python-level NamedTuple.__new__ call.
     namespace: dict[str, Any] = {"Event": Event, "new": tuple.__new__, "UTC": UTC, "fromisoformat": datetime.fromisoformat}
+    namespace["event_type"], namespace["id_text"] = event.name, _ID_TEXT.match
     lines = [
-        "def fast(obj, event_id, event_type):",
+        "def fast(obj):",
+        "    event_id = obj.get('event_id')",
+        "    if type(event_id) is not str or not id_text(event_id):",
+        "        return None",
         "    try:",
         "        tenant, workspace, data = obj['tenant_id'], obj['workspace_id'], obj['data']",
         "        key, stamp = obj['idempotency_key'], obj['occurred_at']",
@@ -392,32 +426,18 @@ def _compile_fast_parse(event: EventSpec, records: Mapping[str, RecordSpec]) -> 
         "    dget = data.get",
         "    try:",
     ]
+    # Required fields first; the optional ones are checked only if the payload has one
+    # (one C-level set test instead of a lookup and a test per absent field).
+    optional = frozenset(spec.name for spec in event.fields if spec.optional)
     for i, spec in enumerate(event.fields):
-        fetch = f"v = dget({spec.name!r})" if spec.optional else f"v = data[{spec.name!r}]"
-        lines.append(f"        {fetch}")
-        when = "v is not None and " if spec.optional else ""
-        simple = _SIMPLE.get(spec.kind)
-        if simple is not None:
-            namespace[f"T{i}"] = simple
-            lines.append(f"        if {when}type(v) is not T{i}: return None")
-        elif spec.kind == "timestamp":
-            body = "        " if not spec.optional else "            "
+        if not spec.optional:
+            lines += _fast_field(i, spec, records, namespace, "        ")
+    if optional:
+        namespace["OPTIONAL"] = optional
+        lines.append("        if not OPTIONAL.isdisjoint(data):")
+        for i, spec in enumerate(event.fields):
             if spec.optional:
-                lines.append("        if v is not None:")
-            lines += [
-                f"{body}if type(v) is not str: return None",
-                f"{body}try:",
-                f"{body}    if fromisoformat(v).tzinfo is not UTC: return None",
-                f"{body}except ValueError:",
-                f"{body}    return None",
-            ]
-        elif spec.kind == "enum":
-            namespace[f"E{i}"] = frozenset(spec.enum)
-            lines.append(f"        if {when}(type(v) is not str or v not in E{i}): return None")
-        else:
-            namespace[f"C{i}"] = _compile_field(spec, records)
-            test = f"v is not None and C{i}(v) is not None" if spec.optional else f"v is None or C{i}(v) is not None"
-            lines.append(f"        if {test}: return None")
+                lines += _fast_field(i, spec, records, namespace, "            ")
     lines += [
         "        pass",
         "    except KeyError:",
@@ -427,6 +447,31 @@ def _compile_fast_parse(event: EventSpec, records: Mapping[str, RecordSpec]) -> 
     exec("\n".join(lines), namespace)  # generated from the catalog, never from input
     fast: FastParse = namespace["fast"]
     return fast
+
+
+def _fast_field(i: int, spec: FieldSpec, records: Mapping[str, RecordSpec], namespace: dict[str, Any], pad: str) -> list[str]:
+    """The fast path's check of one payload field (`return None` if it fails)."""
+    fetch = f"v = dget({spec.name!r})" if spec.optional else f"v = data[{spec.name!r}]"
+    lines = [pad + fetch]
+    when = "v is not None and " if spec.optional else ""
+    simple = _SIMPLE.get(spec.kind)
+    if simple is not None:
+        namespace[f"T{i}"] = simple
+        lines.append(f"{pad}if {when}type(v) is not T{i}: return None")
+    elif spec.kind == "timestamp":
+        body = pad if not spec.optional else pad + "    "
+        if spec.optional:
+            lines.append(f"{pad}if v is not None:")
+        namespace["utc_stamp"] = _utc_stamp
+        lines.append(f"{body}if type(v) is not str or utc_stamp(v) is None: return None")
+    elif spec.kind == "enum":
+        namespace[f"E{i}"] = frozenset(spec.enum)
+        lines.append(f"{pad}if {when}(type(v) is not str or v not in E{i}): return None")
+    else:
+        namespace[f"C{i}"] = _compile_field(spec, records)
+        test = f"v is not None and C{i}(v) is not None" if spec.optional else f"v is None or C{i}(v) is not None"
+        lines.append(f"{pad}if {test}: return None")
+    return lines
 
 
 def _render(value: Any) -> str:

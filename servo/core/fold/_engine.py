@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from servo.core._registry import GuardEntry, Registry
 from servo.core.fold._rows import Derived, Partition, Rejection
-from servo.core.fold._steps import CompiledRow, StepFn, compile_step
+from servo.core.fold._steps import CompiledRow, StepFn, compile_step, generated
 from servo.spec import EventSpec, Machine, Spec
 
 __all__ = ["Apply", "Ctx", "Engine", "Locator", "Step"]
@@ -184,44 +184,26 @@ class Engine:
     def _applier(self, event: EventSpec, primary: _Bound, also: tuple[_Bound, ...]) -> Apply:
         """The fold of one event type: locate and step the primary machine's instances
         (any refusal rejects the event and drops its derived events), then every `also`
-        machine's (refusals ignored), then drain the derived events."""
-        find, creates, step = primary.locator.find, primary.creates, self._step_of(primary)
-        name, unmatched = primary.machine.name, event.unmatched
-        # An `also` machine's refusal is ignored, so an instance in a state without rows
-        # for the event is not stepped at all (unless traced: the trace reports it).
-        others = tuple(
-            (b, b.locator.find, b.creates, self._step_of(b), b.rows if self._trace is None else None) for b in also
-        )
-        created, refuse, drain = self._created, _refuse, self._drain
+        machine's (refusals ignored), then drain the derived events.
 
-        def apply(ctx: Ctx) -> Rejection | None:
-            found: Any = find(ctx)  # instances, a reason, or (after `created`) a refusal
-            if creates:
-                found = created(primary, ctx, found)
-                if type(found) is tuple:
-                    return refuse(ctx, *found)
-            elif type(found) is str:
-                return refuse(ctx, found or "INVALID_TRANSITION", f"no {name} for this event")
-            for instance in found:
-                reason = step(instance, ctx)
-                if reason is not None:
-                    what = getattr(instance, "state", "?")
-                    return refuse(ctx, reason or unmatched, f"{name} in {what} refuses {ctx.event_type}")
-            for bound, find_other, creates_other, step_other, rows_other in others:
-                found = find_other(ctx)
-                if creates_other:
-                    found = created(bound, ctx, found)
-                    if type(found) is tuple:
-                        continue
-                elif type(found) is str:
-                    continue
-                for instance in found:
-                    if rows_other is None or instance.state in rows_other:
-                        step_other(instance, ctx)
-            if ctx.part.pending:
-                drain(ctx)
-            return None
-
+        Generated per event type (like the steps), so the event meets its machines in
+        straight-line code: no loop over the `also` machines, no branch on `created_by`.
+        """
+        namespace: dict[str, Any] = {"created": self._created, "refuse": _refuse, "drain": self._drain}
+        lines = ["def apply(ctx):"]
+        for i, bound in enumerate((primary, *also)):
+            namespace[f"find{i}"], namespace[f"bound{i}"] = bound.locator.find, bound
+            namespace[f"step{i}"] = self._step_of(bound)
+            lines.append(f"    found = find{i}(ctx)")
+            if i == 0:
+                lines += _primary_lines(bound, event.unmatched)
+            else:
+                # An `also` machine's refusal is ignored, so an instance in a state without
+                # rows for the event is not stepped at all (unless traced: the trace reports it).
+                namespace[f"rows{i}"] = frozenset(bound.rows)
+                lines += _also_lines(i, bound, traced=self._trace is not None)
+        lines += ["    if ctx.part.pending:", "        drain(ctx)", "    return None"]
+        apply: Apply = generated(f"apply {event.name}", lines, namespace, "apply")
         return apply
 
     @staticmethod
@@ -242,15 +224,52 @@ class Engine:
         # A created instance takes the creating event through its rows if it has any.
         return created if initial in bound.rows else []
 
-    def _drain(self, cause: Ctx) -> None:
-        part = cause.part
-        pending, steps = part.pending, self._derived_steps
+    def _drain(self, ctx: Ctx) -> None:
+        """Apply the derived events queued by `ctx`'s event, reusing `ctx` (the event is
+        done: a derived event has the causing event's id and time, its own type and data)."""
+        pending, steps = ctx.part.pending, self._derived_steps
         while pending:
-            derived = pending.popleft()
-            ctx = Ctx(part, derived.event_type, cause.event_id, cause.occurred_at, derived.data, None, self)
-            steps[(derived.machine, derived.event_type)](derived.instance, ctx)
+            machine, instance, event_type, data = pending.popleft()
+            ctx.event_type, ctx.data, ctx.row = event_type, data, None
+            steps[(machine, event_type)](instance, ctx)
 
 
 def _refuse(ctx: Ctx, reason: str, detail: str) -> Rejection:
     ctx.part.pending.clear()
     return Rejection(ctx.event_id, reason, ctx.event_type, detail)
+
+
+def _primary_lines(bound: _Bound, unmatched: str) -> list[str]:
+    """Any refusal of the primary machine rejects the event."""
+    name = bound.machine.name
+    if bound.creates:
+        lines = ["    found = created(bound0, ctx, found)", "    if type(found) is tuple:", "        return refuse(ctx, *found)"]
+    else:
+        missing = f"no {name} for this event"
+        lines = ["    if type(found) is str:", f"        return refuse(ctx, found or 'INVALID_TRANSITION', {missing!r})"]
+    refused = name + " in {what} refuses {ctx.event_type}"
+    lines += [
+        "    for instance in found:",
+        "        reason = step0(instance, ctx)",
+        "        if reason is not None:",
+        "            what = getattr(instance, 'state', '?')",
+        f"            return refuse(ctx, reason or {unmatched!r}, f{refused!r})",
+    ]
+    return lines
+
+
+def _also_lines(i: int, bound: _Bound, *, traced: bool) -> list[str]:
+    """An `also` machine's refusals are ignored."""
+    if bound.creates:
+        lines = [f"    found = created(bound{i}, ctx, found)", "    if type(found) is not tuple:"]
+    else:
+        lines = ["    if type(found) is not str:"]
+    if traced:
+        lines += ["        for instance in found:", f"            step{i}(instance, ctx)"]
+    elif bound.rows:
+        lines += ["        for instance in found:", f"            if instance.state in rows{i}:"]
+        lines.append(f"                step{i}(instance, ctx)")
+    else:
+        lines.append("        pass")
+    return lines
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from servo.core.ids import dispatch_cloud_task_id, timer_cloud_task_id
 
@@ -133,9 +133,9 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Derived:
-    """A derived event raised by an effect, applied after the causing event."""
+class Derived(NamedTuple):
+    """A derived event raised by an effect, applied after the causing event (a
+    NamedTuple: one is built for every downstream task a finish resolves)."""
 
     machine: str
     instance: Any

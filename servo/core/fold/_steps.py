@@ -21,7 +21,7 @@ import linecache
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CompiledRow", "StepFn", "compile_step"]
+__all__ = ["CompiledRow", "StepFn", "compile_step", "generated"]
 
 CompiledRow = tuple[str, tuple[tuple[Callable[[Any], bool], str | None], ...], tuple[Callable[[Any], None], ...]]
 """(target, ((guard, rejects), ...), (effect, ...)) with functions resolved by name."""
@@ -55,16 +55,23 @@ def _compile_cached(
         lines.append(f"    if state == {state!r}:")
         lines.extend(_state_body(s, state, state_rows, namespace, counts_tasks))
     lines.append('    return ""')
-    global _counter
-    _counter += 1
-    filename = f"<servo step {machine}/{event} #{_counter}>"
-    source = "\n".join(lines) + "\n"
-    exec(compile(source, filename, "exec"), namespace)  # generated from the spec rows, never from input
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    step: StepFn = namespace["step"]
-    step.__source__ = source  # type: ignore[attr-defined]
+    step: StepFn = generated(f"step {machine}/{event}", lines, namespace, "step")
     step.__qualname__ = f"step[{machine}/{event}]"
     return step
+
+
+def generated(what: str, lines: list[str], namespace: dict[str, Any], name: str) -> Any:
+    """Exec generated source (from the spec rows, never from input) and return `name`;
+    `fn.__source__` keeps the source and `linecache` shows it in tracebacks."""
+    global _counter
+    _counter += 1
+    filename = f"<servo {what} #{_counter}>"
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, filename, "exec"), namespace)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    fn = namespace[name]
+    fn.__source__ = source
+    return fn
 
 
 def _state_body(
