@@ -81,7 +81,10 @@ def worker_command(
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Tasks run at once (threads).")] = 4,
     pipeline_name: Annotated[str | None, typer.Option("--name", help="Which pipeline, if the file has several.")] = None,
-    lease_seconds: Annotated[float, typer.Option(help="How long a leased task is ours before another worker may take it.")] = 300.0,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(help="Lease length; extended while the task runs, so a dead worker's task is free again this long after it died."),
+    ] = 30.0,
     idle_exit: Annotated[float | None, typer.Option(help="Exit after this many seconds with nothing to do.")] = None,
     wait_for_server: Annotated[float, typer.Option(help="Seconds to wait for --server to answer at start.")] = 5.0,
 ) -> None:

@@ -76,7 +76,7 @@ class HttpWorker:
         *,
         server: str | None = None,
         concurrency: int = 4,
-        lease_seconds: float = 300.0,
+        lease_seconds: float = 30.0,
         poll_seconds: float = 0.05,
         worker_id: str | None = None,
         client: httpx.Client | None = None,
