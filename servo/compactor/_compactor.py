@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from servo._errors import CasConflict, FencedOut, ObjectExists, ObjectNotFound
@@ -148,13 +148,20 @@ class Compactor:
             if event_id in self._pending:
                 self._bodies[event_id] = body
 
-    def repair(self) -> int:
-        """Fallback sweep (anti-entropy only, P6): list the ledger, queue what is unfolded."""
+    def repair(self, days: Iterable[date] | None = None) -> int:
+        """Fallback sweep (anti-entropy only, P6): list the ledger, queue what is unfolded.
+
+        `days`: list only these days' folders of the ledger (events are filed by the
+        UTC day of their id), e.g. the last few, so a frequent sweep does not cost
+        O(ledger); None lists everything.
+        """
         before = len(self._pending)
-        for name in self.ledger.list_event_names():
-            event_id = name.rsplit("/", 1)[-1].removesuffix(".json")
-            if event_id not in self._folded:
-                self._pending[event_id] = None
+        prefixes = [""] if days is None else [f"{day.isoformat()}/" for day in sorted(set(days))]
+        for prefix in prefixes:
+            for name in self.ledger.list_event_names(prefix):
+                event_id = name.rsplit("/", 1)[-1].removesuffix(".json")
+                if event_id not in self._folded:
+                    self._pending[event_id] = None
         return len(self._pending) - before
 
     def _fold_ids(self, ids: list[str]) -> list[str]:

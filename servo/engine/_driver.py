@@ -130,6 +130,7 @@ class EmbeddedEngine:
         on_progress: Callable[[Mapping[str, int], str], None] | None = None,
         callback_base: str | None = None,
         sweep_seconds: float = 5.0,
+        full_sweep_seconds: float = 300.0,
         queue: TaskQueue | None = None,
         replica: str = "embedded",
         repair_seconds: float = 10.0,
@@ -192,6 +193,8 @@ class EmbeddedEngine:
         self.callback_base = callback_base
         self.spool = NotifySpool.for_home(home)
         self.sweep_seconds = sweep_seconds
+        self.full_sweep_seconds = full_sweep_seconds
+        self._full_swept_at = time.monotonic()  # _lead's catch-up listing was a full one
         self._swept_at = time.monotonic()
 
     # ----------------------------------------------------------------- I/O --
@@ -273,8 +276,21 @@ class EmbeddedEngine:
         arrive through the notify spool; a periodic ledger sweep is the fallback (SPEC §6)."""
         self.compactor.notify(self.spool.drain())
         if time.monotonic() - self._swept_at >= self.sweep_seconds:
-            self._swept_at = time.monotonic()
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """List the ledger for events whose notification was lost: the days around
+        today on every sweep, the whole ledger every `full_sweep_seconds` (an event
+        filed under an older day is rare: its producer's clock was behind). Caller
+        holds the lock."""
+        now = time.monotonic()
+        if now - self._full_swept_at >= self.full_sweep_seconds:
+            self._full_swept_at = now
             self.compactor.repair()
+        else:
+            today = datetime.now(UTC).date()
+            self.compactor.repair([today - timedelta(days=1), today, today + timedelta(days=1)])
+        self._swept_at = now
 
     def _lookup(self, run_id: str, task_key: str) -> tuple[str | None, int, str] | None:
         task = self._view.task(run_id, task_key)
@@ -395,8 +411,7 @@ class EmbeddedEngine:
         if self.leading and now - self._repaired_at >= timedelta(seconds=self.repair_seconds):  # INV-5
             self._repaired_at = now
             with self._lock:
-                self.compactor.repair()  # events whose notice was lost (P6: listing here only)
-                self._swept_at = time.monotonic()  # this listing also serves _pick_up_external's
+                self._sweep()  # events whose notice was lost (P6: listing here only)
             self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
         # One queue transaction for the step's creates and one group commit for their
         # acknowledgements, not one of each per row.

@@ -353,3 +353,28 @@ def test_a_long_lived_readers_tables_and_view_match_a_fresh_read_after_late_even
         assert tables == read_tables(space, spec)
         assert reader.view() == ProjectionView.from_tables(tables)
     assert reader.read().tables == expected_tables(events, spec, rules)
+
+
+def test_repair_of_some_days_lists_only_their_folders(catalog: Catalog, spec: Spec, rules: Registry) -> None:
+    """Events are filed by the UTC day of their id; a sweep of the last days finds the
+    unfolded events of those days only, and a full sweep finds the rest."""
+    from datetime import UTC, date, datetime
+
+    from servo.storage import MemoryStore
+
+    space = scoped(MemoryStore())
+    compactor = Compactor(space, spec, rules)
+    compactor.start()
+    silent = Ledger(space)  # appends without notifying: every notification was lost
+    old = EventBuilder(catalog, now=datetime(2026, 3, 1, 12, tzinfo=UTC))
+    new = EventBuilder(catalog, now=datetime(2026, 3, 9, 23, 59, 59, 990000, tzinfo=UTC))
+    append(silent, [old.run_triggered("run_old"), old.plan_created("run_old", [TaskDef("a")])])
+    append(silent, [new.run_triggered("run_new"), new.plan_created("run_new", [TaskDef("a")])])
+
+    assert compactor.repair([date(2026, 3, 9), date(2026, 3, 10)]) == 2
+    compactor.compact()
+    assert [r["run_id"] for r in read_tables(space, spec)["runs"]] == ["run_new"]
+    assert compactor.repair([date(2026, 3, 9)]) == 0  # folded already
+    assert compactor.repair() == 2
+    compactor.compact()
+    assert sorted(r["run_id"] for r in read_tables(space, spec)["runs"]) == ["run_new", "run_old"]
