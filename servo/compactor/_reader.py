@@ -88,6 +88,10 @@ class ProjectionReader:
         self._added: dict[str, list[tuple[Any, ...]]] = {}
         self._resort: set[str] = set()
         self._records: dict[str, dict[tuple[Any, ...], Any]] = {}
+        # The sorted mappings of the last view (never mutated once handed out: the next
+        # view copies and patches them) and the records changed since, _GONE if deleted.
+        self._published: dict[str, dict[Any, Any]] | None = None
+        self._changes: dict[str, dict[tuple[Any, ...], Any]] = {}
 
     def manifest(self) -> Manifest | None:
         """The latest manifest (pointer hint + probing)."""
@@ -120,6 +124,7 @@ class ProjectionReader:
             self._order = {table: [] for table in self._tables}
             self._added = {table: [] for table in self._tables}
             self._records = {table: {} for table in ProjectionView.TABLES}
+            self._published, self._changes = None, {}
             self._apply(manifest.base)
             self._applied = ()
         for files in manifest.deltas[len(self._applied) :]:
@@ -127,8 +132,34 @@ class ProjectionReader:
         self._base, self._applied = manifest.base, manifest.deltas
 
     def view(self) -> ProjectionView:
-        """The controllers' view of the tables as of the last `read` (records kept per row)."""
-        return ProjectionView.from_records({t: self._records.get(t, {}).values() for t in ProjectionView.TABLES})
+        """The controllers' view of the tables as of the last `read`/`refresh`.
+
+        Built from the last view's sorted mappings plus the records changed since: a
+        copy of each changed table (in C) and a re-sort only when keys were added, not
+        a sort of every record in Python on every driver loop.
+        """
+        if self._published is None:
+            self._published = {
+                t: dict(sorted((_view_key(t, k), r) for k, r in self._records.get(t, {}).items()))
+                for t in ProjectionView.TABLES
+            }
+        else:
+            for table, changed in self._changes.items():
+                if not changed:
+                    continue
+                current = dict(self._published[table])
+                added = False
+                for key, record in changed.items():
+                    vkey = _view_key(table, key)
+                    if record is _GONE:
+                        current.pop(vkey, None)
+                    else:
+                        added = added or vkey not in current
+                        current[vkey] = record
+                self._published[table] = dict(sorted(current.items())) if added else current
+        self._changes = {}
+        p = self._published
+        return ProjectionView.of_sorted(p["runs"], p["tasks"], p["dispatch_outbox"], p["timers"])
 
     def _sorted_keys(self, table: str) -> list[tuple[tuple[str, ...], tuple[Any, ...]]]:
         order, added = self._order[table], self._added[table]
@@ -147,11 +178,13 @@ class ProjectionReader:
             spec = self._spec.tables[table]
             rows = self._rows[table]
             records = self._records.get(table)
+            changes = self._changes.setdefault(table, {}) if records is not None else None
             for key in self._deleted(files.get(f"{table}.deleted")):
                 if rows.pop(key, None) is not None:
                     self._resort.add(table)
-                if records is not None:
+                if records is not None and changes is not None:
                     records.pop(key, None)
+                    changes[key] = _GONE
             name = files.get(table)
             if name:
                 added = self._added[table]
@@ -159,14 +192,22 @@ class ProjectionReader:
                     key = tuple(raw[k] for k in spec.primary_key)
                     if key not in rows:
                         added.append(key)
-                    if records is not None:  # from the Arrow row: no timestamp text round trip
-                        records[key] = ProjectionView.record(table, raw)
+                    if records is not None and changes is not None:  # from the Arrow row: no text round trip
+                        records[key] = changes[key] = ProjectionView.record(table, raw)
                     rows[key] = json_ready(spec, raw)
 
     def _deleted(self, name: str | None) -> list[tuple[Any, ...]]:
         if not name:
             return []
         return [tuple(k) for k in json.loads(self._view.get(name).data)]
+
+
+_GONE = object()
+
+
+def _view_key(table: str, key: tuple[Any, ...]) -> Any:
+    """A view's key of a row: the primary key tuple for tasks, the one column else."""
+    return key if table == "tasks" else key[0]
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[str, ...]:

@@ -346,13 +346,23 @@ def test_a_long_lived_readers_tables_and_view_match_a_fresh_read_after_late_even
     ledger = Ledger(space, on_append=compactor.notify)
     compactor.start()
     reader = ProjectionReader(StateView(space), spec)
+    driver = ProjectionReader(StateView(space), spec, ProjectionView.TABLES)  # as the engine reads
+    views: list[tuple[ProjectionView, ProjectionView]] = []
     for i in range(0, len(shuffled), 5):
         append(ledger, shuffled[i : i + 5])
         compactor.compact()
         tables = reader.read().tables
         assert tables == read_tables(space, spec)
-        assert reader.view() == ProjectionView.from_tables(tables)
+        fresh = ProjectionView.from_tables(tables)
+        assert reader.view() == fresh
+        driver.refresh()
+        patched = driver.view()  # the last view's mappings patched with the changed records
+        assert patched == fresh
+        for name in ("runs", "tasks", "outbox", "timers"):  # controllers iterate: same order
+            assert list(getattr(patched, name)) == sorted(getattr(fresh, name)), name
+        views.append((patched, ProjectionView.from_tables(tables)))
     assert reader.read().tables == expected_tables(events, spec, rules)
+    assert all(old == copy for old, copy in views)  # a view handed out never changes afterwards
 
 
 def test_repair_of_some_days_lists_only_their_folders(catalog: Catalog, spec: Spec, rules: Registry) -> None:

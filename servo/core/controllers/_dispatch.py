@@ -9,8 +9,10 @@ acknowledges with DispatchEnqueued. What it decides is here: which rows to send
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from servo.core.controllers._emit import ControllerConfig, Emitter, deterministic_ulid
 from servo.core.controllers._view import OutboxRecord, ProjectionView, TaskRecord
@@ -45,6 +47,8 @@ def attempt_id_for(dispatch: str, now: datetime) -> str:
 
 
 _IN_FLIGHT = frozenset({"DISPATCHED", "RUNNING"})
+# The same READY tasks are looked at on every driver loop until they are dispatched.
+_dispatch_id: Callable[[str, str, int], str] = lru_cache(maxsize=1 << 16)(dispatch_id)
 
 
 def ready_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
@@ -54,26 +58,26 @@ def ready_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
     while fewer than that many of its attempts are requested, dispatched or running.
     """
     limit = emit.config.max_in_flight
-    candidates: list[tuple[TaskRecord, str]] = []
+    candidates: list[tuple[TaskRecord, str]] = []  # in (run_id, task_key) order: the view's
     in_flight: dict[str, int] = {}
+    outbox, runs = view.outbox, view.runs
     for task in view.tasks.values():
-        if limit is not None and task.state in _IN_FLIGHT:
-            in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1
-        if task.state != "READY":
+        state = task.state
+        if state != "READY":
+            if limit is not None and state in _IN_FLIGHT:
+                in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1
             continue
-        run = view.runs.get(task.run_id)
+        run = runs.get(task.run_id)
         if run is None or run.state != "RUNNING":
             continue
         attempt = task.attempt + 1
         if attempt > task.max_attempts:
             continue
-        did = dispatch_id(task.run_id, task.task_key, attempt)
-        if did in view.outbox:
+        did = _dispatch_id(task.run_id, task.task_key, attempt)
+        if did in outbox:
             in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1  # requested, not folded as DISPATCHED yet
             continue
         candidates.append((task, did))
-    if limit is not None:
-        candidates.sort(key=lambda c: (c[0].run_id, c[0].task_key))
     out: list[Event] = []
     for task, did in candidates:
         if limit is not None:

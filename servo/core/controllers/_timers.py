@@ -17,7 +17,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from servo.core.controllers._emit import ControllerConfig, Emitter
-from servo.core.controllers._view import ProjectionView, TaskRecord, TimerRecord
+from servo.core.controllers._view import LIVE_TASK_STATES, ProjectionView, TaskRecord, TimerRecord
 from servo.core.events import Event, format_timestamp
 from servo.core.ids import (
     heartbeat_timer_id,
@@ -184,7 +184,9 @@ def heartbeat_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
     """
     out: list[Event] = []
     for task in view.tasks.values():
-        if not task.is_live or task.heartbeat_timeout_sec <= 0 or not _run_is_running(view, task.run_id):
+        if task.state not in LIVE_TASK_STATES:  # inline `is_live`: every task, every loop
+            continue
+        if task.heartbeat_timeout_sec <= 0 or not _run_is_running(view, task.run_id):
             continue
         timers = view.timers_of("HEARTBEAT_CHECK", task.run_id, task.task_key, task.attempt)
         if any(t.state == "SCHEDULED" for t in timers):

@@ -242,6 +242,24 @@ class ProjectionView:
         )
 
     @classmethod
+    def of_sorted(
+        cls,
+        runs: Mapping[str, RunRecord],
+        tasks: Mapping[tuple[str, str], TaskRecord],
+        outbox: Mapping[str, OutboxRecord],
+        timers: Mapping[str, TimerRecord],
+    ) -> ProjectionView:
+        """A view over mappings already keyed and sorted as `__init__` would make them
+        (tasks by (run_id, task_key), the rest by id), which the caller never mutates."""
+        view = cls.__new__(cls)
+        view.runs = MappingProxyType(runs)
+        view.tasks = MappingProxyType(tasks)
+        view.outbox = MappingProxyType(outbox)
+        view.timers = MappingProxyType(timers)
+        view._timers_by_attempt = None
+        return view
+
+    @classmethod
     def from_tables(cls, tables: Mapping[str, Iterable[Mapping[str, Any]]]) -> ProjectionView:
         """A view of published Layer 1 tables (JSON rows or Parquet rows)."""
         return cls.from_records({t: [cls.record(t, r) for r in tables.get(t, ())] for t in cls.TABLES})
