@@ -92,6 +92,7 @@ def run_command(
         except OSError as exc:
             err.print(f"error: cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}")
             raise typer.Exit(2) from None
+    engine: EmbeddedEngine | None = None
     try:
         pipeline = _load_pipeline(file, pipeline_name)
         live: Live | None = None
@@ -115,6 +116,10 @@ def run_command(
     except TimeoutError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(3) from None
+    except KeyboardInterrupt:
+        which = f"run {engine.run_id}" if engine is not None and engine.run_id else "the run"
+        err.print(f"interrupted: {which} is unfinished; `servo run {file}` again resumes it")
+        raise typer.Exit(130) from None
     finally:
         if stop_metrics is not None:
             stop_metrics()

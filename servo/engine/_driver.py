@@ -196,6 +196,8 @@ class EmbeddedEngine:
         self.full_sweep_seconds = full_sweep_seconds
         self._full_swept_at = time.monotonic()  # _lead's catch-up listing was a full one
         self._swept_at = time.monotonic()
+        self.run_id: str | None = None
+        """The run being driven, once `run` has started or resumed it."""
 
     # ----------------------------------------------------------------- I/O --
 
@@ -332,14 +334,17 @@ class EmbeddedEngine:
             self._push = PushEndpoint(self._on_push, port=self.push_port)
         view, _ = self._refresh()
         run_id, resumed = self._start_or_resume(view, run_key)
+        self.run_id = run_id
         bound = obs.bind(tenant_id=self.home.tenant, run_id=run_id, trace_id=obs.trace_id_of(self._traces.get(run_id)))
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
+        finished = False
         try:
             while True:
                 self._wake.clear()  # before reading: an append from now on runs the loop again
                 view, watermark = self._refresh()
                 run = view.runs.get(run_id)
                 if run is not None and run.state in TERMINAL_RUN and not self._running:
+                    finished = True
                     break
                 if timeout is not None and time.monotonic() - started > timeout:
                     raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
@@ -350,7 +355,9 @@ class EmbeddedEngine:
             _observe.run_failed(run_id, exc)
             raise
         finally:
-            pool.shutdown(wait=True)
+            # Interrupted (Ctrl-C, timeout, error): do not wait for running attempts; the
+            # run is durable, and a later `run` resumes it (their leases run out).
+            pool.shutdown(wait=finished, cancel_futures=not finished)
             if self._push is not None:
                 self._push.close()
                 self._push = None

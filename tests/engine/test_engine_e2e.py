@@ -101,3 +101,26 @@ def test_sigkill_at_random_moments_still_completes_each_task_once(tmp_path: Path
             key = event["data"]["task_key"]
             accepted[key] = accepted.get(key, 0) + 1
     assert accepted == {"start": 1, "left": 1, "right": 1, "join": 1}
+
+
+LONG = ROOT / "tests" / "data" / "pipelines" / "long_task.py"
+
+
+def test_ctrl_c_stops_servo_run_at_once_and_the_run_resumes_later(tmp_path: Path) -> None:
+    """SIGINT while a task runs: `servo run` does not wait for the task to finish, says
+    which run is unfinished and how to resume it, and exits 130 without a traceback."""
+    home = tmp_path / ".servo"
+    command = [sys.executable, "-m", "servo.cli", "run", str(LONG), "--home", str(home)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (home / "store").exists() and any(b'"TaskStarted"' in line for line in ledger_lines(home)):
+            break
+        time.sleep(0.1)
+    interrupted_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - interrupted_at < 10  # not the task's remaining minute
+    assert proc.returncode == 130
+    assert "interrupted" in stderr and "run_" in stderr and "resume" in stderr
+    assert "Traceback" not in stderr
