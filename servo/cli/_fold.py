@@ -36,7 +36,8 @@ def fold_command(
             projection = fold_lines(sys.stdin.buffer, spec, registry())
         else:
             if not events.is_file():
-                err.print(f"error: {events}: no such file")
+                problem = "is a directory, not a ledger export" if events.is_dir() else "no such file"
+                err.print(f"error: {events}: {problem}")
                 raise typer.Exit(2)
             projection = fold_file(events, spec, registry())
         tables = projection.tables()

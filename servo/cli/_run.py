@@ -80,6 +80,9 @@ def run_command(
     from servo.obs import configure_logging, serve_metrics
 
     err = Console(stderr=True, soft_wrap=True)
+    if workers < 1:
+        err.print(f"error: --workers must be at least 1 (got {workers})")
+        raise typer.Exit(2)
     try:
         configure_logging(log_format, log_level)
     except ValueError as exc:

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from servo import obs
-from servo._errors import FencedOut
+from servo._errors import FencedOut, ServoError
 from servo.api import Pipeline
 from servo.compactor import Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
@@ -139,6 +139,8 @@ class EmbeddedEngine:
         push_port: int = 0,
         faults: FaultHook = _no_faults,
     ) -> None:
+        if workers < 1:
+            raise ServoError(f"an engine needs at least 1 worker thread (got {workers})")
         self.home = home
         self.pipeline = pipeline
         self.spec = default_spec()

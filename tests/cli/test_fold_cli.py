@@ -107,3 +107,9 @@ def test_summary_names_the_run_outcome_without_flags() -> None:
     result = runner.invoke(app, ["fold", str(LEDGER)])
     assert result.exit_code == 0
     assert "run run_nightly: FAILED" in result.stdout
+
+
+def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fold", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is a directory" in result.output

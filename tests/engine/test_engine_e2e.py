@@ -67,6 +67,10 @@ def test_missing_or_bad_pipeline_files_are_clear_errors(tmp_path: Path) -> None:
     result = servo("run", str(broken), "--home", str(tmp_path / "h"))
     assert result.returncode == 2 and "failed to load: RuntimeError: boom" in result.stderr
     assert "Traceback" not in result.stderr
+    no_workers = servo("run", str(DIAMOND), "--home", str(tmp_path / "w"), "--workers", "0")
+    assert no_workers.returncode == 2 and "--workers must be at least 1" in no_workers.stderr
+    assert "Traceback" not in no_workers.stderr
+    assert not (tmp_path / "w").exists()  # refused before any run was started
 
 
 def test_sigkill_at_random_moments_still_completes_each_task_once(tmp_path: Path, spec: Spec, rules: Registry) -> None:
