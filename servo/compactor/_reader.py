@@ -8,13 +8,13 @@ at all (P6).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from servo._errors import ServoError
 from servo.compactor._manifest import Manifest, ManifestReader
-from servo.core.controllers import ProjectionView
+from servo.core.controllers import ProjectionView, TimerRecord
 from servo.core.fold import LAYER1_TABLES
 from servo.spec import Spec
 from servo.storage import ScopedStore, StoredObject
@@ -92,6 +92,8 @@ class ProjectionReader:
         # view copies and patches them) and the records changed since, _GONE if deleted.
         self._published: dict[str, dict[Any, Any]] | None = None
         self._changes: dict[str, dict[tuple[Any, ...], Any]] = {}
+        self._timer_groups: dict[tuple[str, str | None, str | None, int | None], dict[str, TimerRecord]] = {}
+        self._timer_index: dict[tuple[str, str | None, str | None, int | None], tuple[TimerRecord, ...]] = {}
 
     def manifest(self) -> Manifest | None:
         """The latest manifest (pointer hint + probing)."""
@@ -143,7 +145,14 @@ class ProjectionReader:
                 t: dict(sorted((_view_key(t, k), r) for k, r in self._records.get(t, {}).items()))
                 for t in ProjectionView.TABLES
             }
+            self._timer_groups, self._timer_index = {}, {}
+            self._index_timers(self._published["timers"].values())
         else:
+            timers = self._changes.get("timers")
+            if timers:  # timers by attempt, for `timers_of`: only the attempts that changed
+                old = self._published["timers"]
+                self._index_timers([old[k[0]] for k in timers if k[0] in old], drop=True)
+                self._index_timers([r for r in timers.values() if r is not _GONE])
             for table, changed in self._changes.items():
                 if not changed:
                     continue
@@ -159,7 +168,33 @@ class ProjectionReader:
                 self._published[table] = dict(sorted(current.items())) if added else current
         self._changes = {}
         p = self._published
-        return ProjectionView.of_sorted(p["runs"], p["tasks"], p["dispatch_outbox"], p["timers"])
+        return ProjectionView.of_sorted(
+            p["runs"], p["tasks"], p["dispatch_outbox"], p["timers"], timers_by_attempt=self._timer_index
+        )
+
+    def _index_timers(self, records: Iterable[TimerRecord], *, drop: bool = False) -> None:
+        """Add (or `drop`) timer records in the by-attempt groups, and give each group it
+        touches a new tuple in a new copy of the index (views handed out keep theirs)."""
+        touched: set[tuple[str, str | None, str | None, int | None]] = set()
+        for record in records:
+            key = (record.timer_type, record.run_id, record.task_key, record.attempt)
+            group = self._timer_groups.setdefault(key, {})
+            if drop:
+                group.pop(record.timer_id, None)
+            else:
+                group[record.timer_id] = record
+            touched.add(key)
+        if not touched:
+            return
+        index = dict(self._timer_index)
+        for key in touched:
+            group = self._timer_groups[key]
+            if group:
+                index[key] = tuple(group[t] for t in sorted(group))
+            else:
+                index.pop(key, None)
+                del self._timer_groups[key]
+        self._timer_index = index
 
     def _sorted_keys(self, table: str) -> list[tuple[tuple[str, ...], tuple[Any, ...]]]:
         order, added = self._order[table], self._added[table]

@@ -335,10 +335,22 @@ def test_a_long_lived_readers_tables_and_view_match_a_fresh_read_after_late_even
 ) -> None:
     """Kept per row (sorted keys, controller records), a reader's output equals a fresh
     reader's and `ProjectionView.from_tables` of it, through refolds and base merges."""
+    from datetime import timedelta
+
     from servo.core.controllers import ProjectionView
+    from servo.core.ids import heartbeat_timer_id
     from servo.storage import MemoryStore
 
     events = history(catalog)
+    b = EventBuilder(catalog, now=events[-1].occurred_at)
+    for n, run in enumerate(RUNS):  # heartbeat checks, some rescheduled, some fired: timers_of groups
+        for key in ("a", "b"):
+            first = heartbeat_timer_id(run, key, 1, 1_800_000_000 + n)
+            events.append(b.timer_requested(first, "HEARTBEAT_CHECK", b.now + timedelta(minutes=5), run_id=run, task_key=key, attempt=1))
+            if key == "a":
+                events.append(b.timer_fired(first, "HEARTBEAT_CHECK", run_id=run, task_key=key, attempt=1))
+                later = heartbeat_timer_id(run, key, 1, 1_800_000_100 + n)
+                events.append(b.timer_requested(later, "HEARTBEAT_CHECK", b.now + timedelta(minutes=9), run_id=run, task_key=key, attempt=1))
     shuffled = events[:]
     random.Random(11).shuffle(shuffled)  # late events: whole runs refold
     space = scoped(MemoryStore())
@@ -348,6 +360,7 @@ def test_a_long_lived_readers_tables_and_view_match_a_fresh_read_after_late_even
     reader = ProjectionReader(StateView(space), spec)
     driver = ProjectionReader(StateView(space), spec, ProjectionView.TABLES)  # as the engine reads
     views: list[tuple[ProjectionView, ProjectionView]] = []
+    grouped = 0
     for i in range(0, len(shuffled), 5):
         append(ledger, shuffled[i : i + 5])
         compactor.compact()
@@ -360,9 +373,19 @@ def test_a_long_lived_readers_tables_and_view_match_a_fresh_read_after_late_even
         assert patched == fresh
         for name in ("runs", "tasks", "outbox", "timers"):  # controllers iterate: same order
             assert list(getattr(patched, name)) == sorted(getattr(fresh, name)), name
+        assert timer_groups(patched) == timer_groups(fresh)
+        grouped = max(grouped, len(timer_groups(patched)))
         views.append((patched, ProjectionView.from_tables(tables)))
     assert reader.read().tables == expected_tables(events, spec, rules)
-    assert all(old == copy for old, copy in views)  # a view handed out never changes afterwards
+    for old, copy in views:  # a view handed out never changes afterwards
+        assert old == copy and timer_groups(old) == timer_groups(copy)
+    assert grouped == 6 and max(len(g) for g in timer_groups(views[-1][0]).values()) == 2
+
+
+def timer_groups(view: Any) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """What `timers_of` answers for every attempt that has timers."""
+    keys = {(t.timer_type, t.run_id, t.task_key, t.attempt) for t in view.timers.values()}
+    return {k: view.timers_of(*k) for k in keys}
 
 
 def test_repair_of_some_days_lists_only_their_folders(catalog: Catalog, spec: Spec, rules: Registry) -> None:

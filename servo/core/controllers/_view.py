@@ -143,7 +143,7 @@ class ProjectionView:
         self.timers: Mapping[str, TimerRecord] = MappingProxyType(
             {t.timer_id: t for t in sorted(timers, key=_TIMER_ORDER)}
         )
-        self._timers_by_attempt: dict[tuple[str, str | None, str | None, int | None], tuple[TimerRecord, ...]] | None
+        self._timers_by_attempt: Mapping[tuple[str, str | None, str | None, int | None], tuple[TimerRecord, ...]] | None
         self._timers_by_attempt = None  # built on the first timers_of
 
     def __eq__(self, other: object) -> bool:
@@ -248,15 +248,19 @@ class ProjectionView:
         tasks: Mapping[tuple[str, str], TaskRecord],
         outbox: Mapping[str, OutboxRecord],
         timers: Mapping[str, TimerRecord],
+        *,
+        timers_by_attempt: Mapping[tuple[str, str | None, str | None, int | None], tuple[TimerRecord, ...]] | None = None,
     ) -> ProjectionView:
         """A view over mappings already keyed and sorted as `__init__` would make them
-        (tasks by (run_id, task_key), the rest by id), which the caller never mutates."""
+        (tasks by (run_id, task_key), the rest by id), which the caller never mutates;
+        `timers_by_attempt`, if given, is what `timers_of` looks up (each group sorted
+        by timer_id), else it is built from `timers` on first use."""
         view = cls.__new__(cls)
         view.runs = MappingProxyType(runs)
         view.tasks = MappingProxyType(tasks)
         view.outbox = MappingProxyType(outbox)
         view.timers = MappingProxyType(timers)
-        view._timers_by_attempt = None
+        view._timers_by_attempt = timers_by_attempt
         return view
 
     @classmethod
