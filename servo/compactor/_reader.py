@@ -157,15 +157,23 @@ class ProjectionReader:
                 if not changed:
                     continue
                 current = dict(self._published[table])
-                added = False
+                last = next(reversed(current), None)
+                fresh: dict[Any, Any] = {}
                 for key, record in changed.items():
                     vkey = _view_key(table, key)
                     if record is _GONE:
                         current.pop(vkey, None)
-                    else:
-                        added = added or vkey not in current
+                    elif vkey in current:
                         current[vkey] = record
-                self._published[table] = dict(sorted(current.items())) if added else current
+                    else:
+                        fresh[vkey] = record
+                if fresh and (last is None or min(fresh) > last):
+                    for vkey in sorted(fresh):  # all after the last key (ids minted in order): append
+                        current[vkey] = fresh[vkey]
+                elif fresh:
+                    current.update(fresh)
+                    current = dict(sorted(current.items()))
+                self._published[table] = current
         self._changes = {}
         p = self._published
         return ProjectionView.of_sorted(

@@ -58,15 +58,19 @@ def ready_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
     while fewer than that many of its attempts are requested, dispatched or running.
     """
     limit = emit.config.max_in_flight
-    candidates: list[tuple[TaskRecord, str]] = []  # in (run_id, task_key) order: the view's
     in_flight: dict[str, int] = {}
-    outbox, runs = view.outbox, view.runs
+    ready: list[TaskRecord] = []  # in (run_id, task_key) order: the view's
     for task in view.tasks.values():
         state = task.state
-        if state != "READY":
-            if limit is not None and state in _IN_FLIGHT:
-                in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1
-            continue
+        if state == "READY":
+            ready.append(task)
+        elif limit is not None and state in _IN_FLIGHT:
+            in_flight[task.run_id] = in_flight.get(task.run_id, 0) + 1
+    candidates: list[tuple[TaskRecord, str]] = []
+    outbox, runs = view.outbox, view.runs
+    for task in ready:
+        if limit is not None and in_flight.get(task.run_id, 0) >= limit:
+            continue  # the run is full: nothing of it is dispatched whatever else counts
         run = runs.get(task.run_id)
         if run is None or run.state != "RUNNING":
             continue
