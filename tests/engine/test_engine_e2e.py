@@ -110,7 +110,7 @@ def test_sigkill_at_random_moments_still_completes_each_task_once(tmp_path: Path
 LONG = ROOT / "tests" / "data" / "pipelines" / "long_task.py"
 
 
-def test_ctrl_c_stops_servo_run_at_once_and_the_run_resumes_later(tmp_path: Path) -> None:
+def test_ctrl_c_stops_servo_run_at_once_and_names_the_run_to_resume(tmp_path: Path) -> None:
     """SIGINT while a task runs: `servo run` does not wait for the task to finish, says
     which run is unfinished and how to resume it, and exits 130 without a traceback."""
     home = tmp_path / ".servo"
