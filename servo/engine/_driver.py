@@ -58,7 +58,7 @@ from servo.engine._home import Home
 from servo.engine._notices import Notices
 from servo.engine._notify import NotifySpool
 from servo.engine._push import PushEndpoint
-from servo.queue import NewTask, SqliteQueue, TaskQueue, create_all
+from servo.queue import HeldLeases, NewTask, SqliteQueue, TaskQueue, create_all
 from servo.queue._protocol import Lease
 from servo.storage import Ledger
 from servo.worker import CallbackRejected, CallbackService, Delivery, StaleAttemptRejected
@@ -189,7 +189,8 @@ class EmbeddedEngine:
         self._view = ProjectionView.from_tables({})
         self._watermark = datetime.min.replace(tzinfo=UTC)
         self._running: dict[str, Future[None]] = {}
-        self._held: dict[str, Lease] = {}  # leases of running attempts, extended while they run
+        # Leases of running attempts, extended while they run (SQLite queue only).
+        self._held = HeldLeases(self._leasing, lease_seconds) if self._leasing is not None else None
         self._repaired_at = datetime.min.replace(tzinfo=UTC)
         # External workers (`servo worker` via `servo serve`): dispatch, run nothing here.
         self.callback_base = callback_base
@@ -452,7 +453,8 @@ class EmbeddedEngine:
         self._append(enqueued)
         if self._leasing is None:
             return  # pushed to _on_push
-        self._keep_leases(now)
+        if self._held is not None:
+            self._held.keep(now)
         only = TIMER if self.callback_base is not None else None  # dispatches are for `servo worker`
         for lease in self._leasing.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
             self._deliver(lease, view, watermark, now, pool)
@@ -521,20 +523,9 @@ class EmbeddedEngine:
         if not self._knows(view, task.payload):
             self._nack(lease, now + timedelta(seconds=0.1))
             return
-        self._held[task.name] = lease
+        if self._held is not None:
+            self._held.hold(lease)
         self._running[task.name] = pool.submit(self._work, lease)
-
-    def _keep_leases(self, now: datetime) -> None:
-        """Extend the lease of every attempt still running once half of it is gone, so
-        the queue never hands a running attempt out again (and the ack still counts)."""
-        assert self._leasing is not None
-        for name, lease in list(self._held.items()):
-            if (lease.expires_at - now).total_seconds() <= self.lease_seconds / 2:
-                kept = self._leasing.extend(lease, now, self.lease_seconds)
-                if kept is None:  # lost (or acked meanwhile): stop keeping it
-                    self._held.pop(name, None)
-                elif name in self._running:
-                    self._held[name] = kept
 
     def _ack(self, lease: Lease) -> None:
         assert self._leasing is not None
@@ -550,7 +541,8 @@ class EmbeddedEngine:
             self._attempt(Delivery.from_json(lease.task.payload), threading.current_thread().name)
             self._ack(lease)
         finally:
-            self._held.pop(lease.task.name, None)
+            if self._held is not None:
+                self._held.release(lease.task.name)
             self._running.pop(lease.task.name, None)
             self._wake.set()
 

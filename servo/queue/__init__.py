@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from servo.queue._held import HeldLeases
 from servo.queue._protocol import (
     MAX_TASK_NAME_LENGTH,
     Lease,
@@ -47,6 +48,7 @@ __all__ = [
     "Backoff",
     "CloudTasksQueue",
     "CloudTasksServer",
+    "HeldLeases",
     "Lease",
     "LeasingQueue",
     "NewTask",

@@ -30,7 +30,7 @@ import httpx
 
 from servo._errors import ServoError
 from servo.api import Pipeline
-from servo.queue import Lease, SqliteQueue
+from servo.queue import HeldLeases, Lease, SqliteQueue
 from servo.worker._contract import CallbackRejected, Delivery, ForgedCallback, StaleAttemptRejected
 
 __all__ = ["HttpWorker", "ServerUnreachable"]
@@ -94,7 +94,7 @@ class HttpWorker:
         self.client = client or httpx.Client(timeout=httpx.Timeout(10.0, connect=2.0))
         self.handled = 0
         self._running: dict[str, Future[None]] = {}
-        self._held: dict[str, Lease] = {}  # leases of running attempts, extended while they run
+        self._held = HeldLeases(self.queue, lease_seconds)  # extended while the attempts run
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------- HTTP --
@@ -165,13 +165,13 @@ class HttpWorker:
                 with self._lock:
                     free = self.concurrency - len(self._running)
                 now = datetime.now(UTC)
-                self._keep_leases(now)
+                self._held.keep(now)
                 leases = self.queue.lease(now, max_tasks=free, lease_seconds=self.lease_seconds, target=DISPATCH) if free else []
                 for lease in leases:
                     with self._lock:
                         if lease.task.name in self._running:
                             continue  # our own lease expired while the task still runs
-                        self._held[lease.task.name] = lease
+                        self._held.hold(lease)
                         self._running[lease.task.name] = pool.submit(self._handle, lease)
                 with self._lock:
                     busy = bool(self._running)
@@ -188,28 +188,14 @@ class HttpWorker:
                 self.client.close()
         return self.handled
 
-    def _keep_leases(self, now: datetime) -> None:
-        """Extend the lease of every attempt still running once half of it is gone, so
-        no other worker is handed a running attempt (and our ack still counts)."""
-        with self._lock:
-            half = self.lease_seconds / 2
-            due = [(n, held) for n, held in self._held.items() if (held.expires_at - now).total_seconds() <= half]
-        for name, lease in due:
-            kept = self.queue.extend(lease, now, self.lease_seconds)
-            with self._lock:
-                if kept is None:  # lost (or acked meanwhile): stop keeping it
-                    self._held.pop(name, None)
-                elif name in self._running:
-                    self._held[name] = kept
-
     def _handle(self, lease: Lease) -> None:
         try:
             self._attempt(lease)
         except Exception:  # a bug here must not kill the worker; the lease expires and retries
             log.exception("worker failed on queue task %s", lease.task.name)
         finally:
+            self._held.release(lease.task.name)
             with self._lock:
-                self._held.pop(lease.task.name, None)
                 self._running.pop(lease.task.name, None)
 
     def _attempt(self, lease: Lease) -> None:

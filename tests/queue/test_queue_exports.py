@@ -14,6 +14,7 @@ EXPECTED = {
     "create_all",
     "CloudTasksQueue",
     "CloudTasksServer",
+    "HeldLeases",
     "Lease",
     "LeasingQueue",
     "PushDelivery",
