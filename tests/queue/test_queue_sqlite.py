@@ -398,3 +398,36 @@ def test_extend_keeps_a_lease_past_its_expiry_for_its_holder_only(tmp_path: Path
         assert queue.extend(first, T0 + timedelta(seconds=2), lease_seconds=10) is None
         with pytest.raises(ValueError):
             queue.extend(second, T0, lease_seconds=0)
+
+
+def test_held_leases_are_extended_until_released(tmp_path: Path) -> None:
+    """HeldLeases extends a held lease once half of it is gone, not before, under the
+    same token, and stops once the task is released or its lease was lost."""
+    from servo.queue import HeldLeases
+
+    path = tmp_path / "queue.db"
+
+    def lease_ends(name: str) -> datetime:
+        with sqlite3.connect(path) as db:
+            (due,) = db.execute("SELECT due_at FROM tasks WHERE name = ?", (name,)).fetchone()
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=due)
+
+    with SqliteQueue(path) as queue:
+        queue.create_task("t_run", "target", b"", T0)
+        queue.create_task("t_gone", "target", b"", T0)
+        gone, run = sorted(queue.lease(T0, max_tasks=2, lease_seconds=10), key=lambda lease: lease.task.name)
+        held = HeldLeases(queue, lease_seconds=10)
+        held.hold(run)
+        held.hold(gone)
+        held.release("t_gone")
+        held.keep(T0 + timedelta(seconds=4))  # 6 s of 10 left: nothing to do yet
+        assert lease_ends("t_run") == T0 + timedelta(seconds=10)
+        held.keep(T0 + timedelta(seconds=6))  # 4 s left: extended
+        assert lease_ends("t_run") == T0 + timedelta(seconds=16)
+        assert lease_ends("t_gone") == T0 + timedelta(seconds=10)  # released: left alone
+        held.keep(T0 + timedelta(seconds=12))
+        assert lease_ends("t_run") == T0 + timedelta(seconds=22)
+        assert [lease.task.name for lease in queue.lease(T0 + timedelta(seconds=20), max_tasks=2)] == ["t_gone"]
+        assert queue.ack(run)  # the first token still acks
+        held.keep(T0 + timedelta(seconds=19))  # acked: the extend fails and the lease is let go
+        assert queue.depth() == 1
