@@ -237,7 +237,7 @@ class ProjectionReader:
                         added.append(key)
                     if records is not None and changes is not None:  # from the Arrow row: no text round trip
                         records[key] = changes[key] = ProjectionView.record(table, raw)
-                    rows[key] = json_ready(spec, raw)
+                    rows[key] = json_ready(spec, raw)  # after the record: this converts `raw` in place
 
     def _deleted(self, name: str | None) -> list[tuple[Any, ...]]:
         if not name:

@@ -445,7 +445,7 @@ class EmbeddedEngine:
 
         created = create_all(self.queue, creates, after_create)
         enqueued: list[Event] = []
-        for row, new in zip(rows, created, strict=False):
+        for row, new in zip(rows, created[: len(rows)], strict=True):  # the timers come after
             status = CreateStatus.CREATED if new else CreateStatus.ALREADY_EXISTS
             if new:
                 _observe.observe_dispatch(view, row, now)

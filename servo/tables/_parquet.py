@@ -92,14 +92,14 @@ def parquet_rows(source: Path | bytes) -> list[dict[str, Any]]:
 
 
 def json_ready(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
-    """A row of `parquet_rows` as the JSON-ready dict `to_arrow` took (a copy)."""
-    out = dict(row)
+    """A row of `parquet_rows` turned, in place, into the JSON-ready dict `to_arrow`
+    took; returns it."""
     for column in spec.columns:
-        value = out.get(column.name)
+        value = row.get(column.name)
         if value is None:
             continue
         if column.type == "timestamp":
-            out[column.name] = format_timestamp(value)
+            row[column.name] = format_timestamp(value)
         elif column.type == "json":
-            out[column.name] = json.loads(value)
-    return out
+            row[column.name] = json.loads(value)
+    return row
