@@ -17,7 +17,9 @@ __all__ = ["fold_command"]
 
 
 def fold_command(
-    events: Annotated[Path, typer.Argument(help="JSONL ledger export (one envelope per line; '-' = stdin).")],
+    events: Annotated[
+        Path, typer.Argument(help="JSONL ledger export (one envelope per line; '-' = stdin), or a Servo home directory.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print every table as one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write one Parquet file per table here.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any event was rejected.")] = False,
@@ -34,10 +36,16 @@ def fold_command(
         spec = default_spec()
         if str(events) == "-":
             projection = fold_lines(sys.stdin.buffer, spec, registry())
+        elif events.is_dir():
+            from servo.engine import Home
+
+            if not Home.holds_store(events):
+                err.print(f"error: {events}: is a directory, not a ledger export or a Servo home")
+                raise typer.Exit(2)
+            projection = fold_lines(Home.open(events, create=False).ledger_events(), spec, registry())
         else:
             if not events.is_file():
-                problem = "is a directory, not a ledger export" if events.is_dir() else "no such file"
-                err.print(f"error: {events}: {problem}")
+                err.print(f"error: {events}: no such file")
                 raise typer.Exit(2)
             projection = fold_file(events, spec, registry())
         tables = projection.tables()

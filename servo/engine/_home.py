@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servo._errors import ServoError
-from servo.storage import LocalStore, ScopedStore
+from servo.storage import Ledger, LocalStore, ScopedStore
 
 __all__ = ["Home", "HomeError"]
 
@@ -46,6 +46,21 @@ class Home:
                 raise HomeError(f"{path}: no Servo home here (run `servo run` first, or pass --home)")
             path.mkdir(parents=True)
         return cls(path.resolve())
+
+    @staticmethod
+    def holds_store(root: Path | str) -> bool:
+        """Whether `root` looks like a home (it has a `store/`), without creating one."""
+        return (Path(root) / "store").is_dir()
+
+    def ledger_events(self) -> Iterator[bytes]:
+        """Every event of this home's ledger, one envelope each, in event_id order.
+
+        It lists the ledger (allowed: this is an export, not the correctness path, P6).
+        """
+        ledger = Ledger(self.store)
+        ids = sorted(name.rsplit("/", 1)[1].removesuffix(".json") for name in ledger.list_event_names())
+        for event_id in ids:
+            yield ledger.read(event_id)
 
     @property
     def store(self) -> ScopedStore:
