@@ -44,7 +44,7 @@ class Home:
         if not path.exists():
             if not create:
                 raise HomeError(f"{path}: no Servo home here (run `servo run` first, or pass --home)")
-            path.mkdir(parents=True)
+            path.mkdir(parents=True, exist_ok=True)  # another process may make it first
         return cls(path.resolve())
 
     @staticmethod

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -94,6 +95,7 @@ class SqliteQueue:
             raise ValueError("name_retention and busy_timeout must not be negative")
         self.path: Final = fspath(path)
         self._retention_us = name_retention // timedelta(microseconds=1)
+        self._busy_timeout = busy_timeout
         self._clock = clock
         self._lock = threading.Lock()
         if self.path != ":memory:":
@@ -130,7 +132,19 @@ class SqliteQueue:
     def _setup(self) -> None:
         with self._connection() as db:
             # journal_mode cannot change inside a transaction; it persists in the file.
-            db.execute("PRAGMA journal_mode = WAL")
+            # Switching a fresh file to WAL while other connections open it can answer
+            # "database is locked" at once, without the busy handler: wait and retry.
+            deadline = time.monotonic() + self._busy_timeout
+            pause = 0.005
+            while True:
+                try:
+                    db.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as error:
+                    if "locked" not in str(error) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
             db.execute("PRAGMA synchronous = FULL")
             version = self._schema_version(db)
         if version == _SCHEMA_VERSION:

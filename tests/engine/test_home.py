@@ -52,3 +52,20 @@ def test_the_secret_file_is_private(tmp_path: Path) -> None:
     home = Home.open(tmp_path / "home")
     assert len(home.secret) == 64
     assert (home.root / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_processes_opening_a_fresh_home_at_once_all_get_it(tmp_path: Path) -> None:
+    """Two `servo run` on a new home both create it: the loser of the mkdir must not fail."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(20):
+        root = tmp_path / f"h{round_}" / ".servo"
+        barrier = threading.Barrier(6)
+
+        def open_home(_: int, root: Path = root, barrier: threading.Barrier = barrier) -> Path:
+            barrier.wait()
+            return Home.open(root).root
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            assert set(pool.map(open_home, range(6))) == {root.resolve()}

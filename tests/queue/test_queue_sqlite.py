@@ -431,3 +431,20 @@ def test_held_leases_are_extended_until_released(tmp_path: Path) -> None:
         assert queue.ack(run)  # the first token still acks
         held.keep(T0 + timedelta(seconds=19))  # acked: the extend fails and the lease is let go
         assert queue.depth() == 1
+
+
+def test_many_connections_opening_a_fresh_queue_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two `servo run` starting together on a new home open one fresh queue file at
+    once. Switching a new file to WAL can answer "database is locked" without waiting
+    for the busy timeout; opening must wait and retry, not fail."""
+    for round_ in range(25):
+        path = tmp_path / f"q{round_}.db"
+        barrier = threading.Barrier(6)
+
+        def open_and_create(i: int, path: Path = path, barrier: threading.Barrier = barrier) -> bool:
+            barrier.wait()
+            with SqliteQueue(path) as queue:
+                return queue.create_task(f"t_{i}", "target", b"", T0)
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            assert list(pool.map(open_and_create, range(6))) == [True] * 6
