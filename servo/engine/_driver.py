@@ -23,6 +23,7 @@ at named points ("after_dispatch_create", "after_timer_create").
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -60,11 +61,12 @@ from servo.engine._notify import NotifySpool
 from servo.engine._push import PushEndpoint
 from servo.queue import HeldLeases, NewTask, SqliteQueue, TaskQueue, create_all
 from servo.queue._protocol import Lease
-from servo.storage import Ledger
+from servo.storage import EventConflict, Ledger
 from servo.worker import CallbackRejected, CallbackService, Delivery, StaleAttemptRejected
 
 __all__ = ["EmbeddedEngine", "RunOutcome"]
 
+_LOG = logging.getLogger("servo.engine")
 TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 DISPATCH, TIMER = "dispatch", "timer"
 QUIET_EVENTS = frozenset({"TaskStarted", "TaskHeartbeat", "TimerRequested", "DispatchEnqueued"})
@@ -256,7 +258,15 @@ class EmbeddedEngine:
         if events:
             events = self._traces.stamp(events)  # obs: the run's trace; ids and keys unchanged
             items = [(e.event_id, e.to_json().encode()) for e in events]
-            created = self.ledger.append_many(items)
+            try:
+                created = self.ledger.append_many(items)
+            except EventConflict as conflict:
+                # Another replica emitted the same event in the same millisecond (an id
+                # is ULID(now, hash of the idempotency key)) and named itself as source:
+                # its copy is the event. Fold that one (read back from the ledger).
+                created = conflict.created
+                _LOG.debug("events already appended by another writer: %s", ", ".join(conflict.event_ids))
+                self._appended(conflict.event_ids)
             if self.leading:
                 with self._lock:  # the compactor folds these bytes instead of reading them back
                     self.compactor.remember(item for item, new in zip(items, created, strict=True) if new)

@@ -30,11 +30,16 @@ AppendHook = Callable[[list[str]], None]
 
 
 class EventConflict(ObjectExists):
-    """An event id is already in the ledger with different bytes."""
+    """An event id is already in the ledger with different bytes.
 
-    def __init__(self, message: str, *, event_ids: list[str]) -> None:
+    `created`: per item of the append, whether it was newly appended (a conflicting
+    item is False); every other item was appended before this was raised.
+    """
+
+    def __init__(self, message: str, *, event_ids: list[str], created: list[bool]) -> None:
         super().__init__(message)
         self.event_ids = event_ids
+        self.created = created
 
 
 _CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
@@ -64,13 +69,14 @@ def ledger_object_name(event_id: str) -> str:
     return f"{LEDGER_PREFIX}{day}/{event_id}.json"
 
 
-def _conflict(event_ids: list[str]) -> EventConflict:
+def _conflict(event_ids: list[str], created: list[bool]) -> EventConflict:
     shown = ", ".join(event_ids[:3]) + (
         f" and {len(event_ids) - 3} more" if len(event_ids) > 3 else ""
     )
     return EventConflict(
         f"ledger already holds different bytes for event {shown}; the ledger is append-only",
         event_ids=event_ids,
+        created=created,
     )
 
 
@@ -106,7 +112,7 @@ class Ledger:
             self.store.put_if_absent(name, payload)
         except ObjectExists:
             if self.store.get(name).data != payload:
-                raise _conflict([event_id]) from None
+                raise _conflict([event_id], [False]) from None
             return False
         self._notify([event_id])
         return True
@@ -130,7 +136,7 @@ class Ledger:
             event_ids = [
                 event_id for event_id, _ in items if ledger_object_name(event_id) in conflicting
             ]
-            raise _conflict(list(dict.fromkeys(event_ids))) from error
+            raise _conflict(list(dict.fromkeys(event_ids)), list(error.created)) from error
         self._notify([event_id for (event_id, _), new in zip(items, created, strict=True) if new])
         return created
 

@@ -95,3 +95,38 @@ def test_fenced_replica_takes_over_when_the_leader_dies(tmp_path: Path, spec: Sp
     assert [r["state"] for r in audit.tables["runs"]] == ["SUCCEEDED"]
     audit.assert_one_outbox_row_per_dispatch()
     assert audit.successes() == {"r0": 1, "r1": 1, "r2": 1, "join": 1}
+
+
+def test_an_intent_another_replica_appended_under_the_same_id_is_its_intent_not_an_error(
+    tmp_path: Path, spec: Spec, rules: Registry
+) -> None:
+    """A controller event's id is ULID(now in ms, hash of its idempotency key): two
+    replicas emitting one intent in the same millisecond mint the same id, and their
+    envelopes differ (each names itself as `source`). Found by running two `servo run`
+    at once: the second append raised EventConflict and stopped that engine (exit 2).
+    The ledger's copy is the intent; the engine folds that one and goes on."""
+    from datetime import UTC, datetime
+
+    from servo.core.controllers import Emitter
+    from servo.storage import Ledger
+
+    home = Home.open(tmp_path / "home")
+    engine = EmbeddedEngine(home, fan_in("same_ms", roots=1, sleep=0), replica="a", **FAST)
+    outcome = engine.run("same-ms:1", timeout=60)
+    assert outcome.state == "SUCCEEDED"
+    now = datetime.now(UTC)
+    ours = Emitter(engine.config, home.tenant, home.workspace, now, "a").emit(
+        "RunCancelRequested", {"run_id": "run_elsewhere", "requested_by": "a"}
+    )
+    theirs = ours._replace(source="b")
+    assert theirs.event_id == ours.event_id and theirs.to_json() != ours.to_json()
+    other = Ledger(home.store)
+    assert other.append(theirs.event_id, theirs.to_json().encode())
+    unrelated = Emitter(engine.config, home.tenant, home.workspace, now, "a").emit(
+        "RunCancelRequested", {"run_id": "run_other", "requested_by": "a"}
+    )
+
+    engine._append([ours, unrelated])  # no EventConflict escapes
+
+    assert other.read(ours.event_id) == theirs.to_json().encode()  # the first copy stands
+    assert other.contains(unrelated.event_id)  # and the rest of the batch landed
