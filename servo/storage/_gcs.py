@@ -102,6 +102,9 @@ class _Bucket:
         blob = self._bucket.get_blob(name, retry=None, timeout=self._timeout)
         return None if blob is None else int(blob.generation)
 
+    def delete(self, name: str) -> None:
+        self._bucket.delete_blob(name, retry=None, timeout=self._timeout)
+
     def list_names(self, prefix: str) -> list[str]:
         blobs = self._client.list_blobs(
             self._bucket, prefix=prefix, retry=None, timeout=self._timeout
@@ -241,6 +244,19 @@ class GcsStore:
                 lambda: self._bucket.list_names(prefix),
             )
         )
+
+    def delete(self, name: str) -> bool:
+        """See ``ObjectStore.delete``; a 404 (already gone, or a retried delete) is False."""
+        validate_object_name(name)
+        try:
+            self._call(
+                f"delete of gs://{self.bucket_name}/{name}",
+                lambda: self._bucket.delete(name),
+                expect=(api_exceptions.NotFound,),
+            )
+        except api_exceptions.NotFound:
+            return False
+        return True
 
     def put_many_if_absent(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """See ``ObjectStore.put_many_if_absent`` (one upload per item)."""

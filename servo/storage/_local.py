@@ -156,6 +156,18 @@ class LocalStore:
                 names.extend(base + f for f in filenames if (base + f).startswith(prefix))
         return sorted(names)
 
+    def delete(self, name: str) -> bool:
+        """See ``ObjectStore.delete``: unlink the file (under the object's lock, so a
+        compare-and-swap of the same name is not interleaved). Not fsynced: an object
+        a crash brings back is garbage again and is collected again."""
+        path = self._path(name)
+        with self._locked(name), _storage_errors(name):
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+        return True
+
     # -- writing ------------------------------------------------------------
 
     def _write_tmp(self, generation: int, data: bytes, *, sync: bool = True) -> Path:

@@ -73,6 +73,12 @@ class MemoryStore:
         with self._lock:
             return sorted(name for name in self._objects if name.startswith(prefix))
 
+    def delete(self, name: str) -> bool:
+        """See ``ObjectStore.delete``."""
+        validate_object_name(name)
+        with self._lock:
+            return self._objects.pop(name, None) is not None
+
     def put_many_if_absent(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """See ``ObjectStore.put_many_if_absent`` (one write per item)."""
         for name, _ in items:

@@ -87,6 +87,14 @@ class ObjectStore(Protocol):
         """Return every name starting with ``prefix``, sorted. Repair / anti-entropy only (P6)."""
         ...
 
+    def delete(self, name: str) -> bool:
+        """Remove ``name``; True if it existed, False if it was already gone (idempotent).
+
+        Garbage collection of superseded derived state only (ADR 015): ledger objects
+        are never deleted (P1), which ``ScopedStore`` enforces.
+        """
+        ...
+
     def put_many_if_absent(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """Create-only write of many objects; return, per item, whether it was newly created.
 

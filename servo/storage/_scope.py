@@ -19,6 +19,8 @@ from typing import Final, Literal
 from servo._errors import InvalidId
 from servo.storage._protocol import BatchConflict, ObjectStore, StoredObject, batch_conflict
 
+LEDGER_ROOT: Final = "ledger/"  # every ledger object lives under it; never deleted (P1)
+
 __all__ = [
     "MAX_ID_LENGTH",
     "MAX_NAME_LENGTH",
@@ -201,6 +203,12 @@ class ScopedStore:
         validate_prefix(prefix, max_length=MAX_NAME_LENGTH - len(self.prefix))
         cut = len(self.prefix)
         return [name[cut:] for name in self.store.list_prefix(self.prefix + prefix)]
+
+    def delete(self, name: str) -> bool:
+        """See ``ObjectStore.delete``; refuses ledger objects (P1: append-only)."""
+        if name.startswith(LEDGER_ROOT):
+            raise InvalidId(f"cannot delete {name!r}: the ledger is append-only (P1)")
+        return self.store.delete(self.full_name(name))
 
     def put_many_if_absent(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """See ``ObjectStore.put_many_if_absent``."""

@@ -119,6 +119,24 @@ def test_list_prefix_is_sorted_and_respects_prefix_boundaries(store: ObjectStore
     assert store.list_prefix("a/b/1/") == []
 
 
+def test_delete_removes_an_object_and_is_idempotent(store: ObjectStore) -> None:
+    store.put_if_absent("state/x/1", b"one")
+    store.put_if_absent("state/x/2", b"two")
+    assert store.delete("state/x/1") is True
+    assert store.head("state/x/1") is None
+    with pytest.raises(ObjectNotFound):
+        store.get("state/x/1")
+    assert store.list_prefix("state/x/") == ["state/x/2"]
+    assert store.delete("state/x/1") is False  # already gone: not an error
+    assert store.delete("never/was") is False
+    assert store.get("state/x/2").data == b"two"
+
+
+def test_delete_validates_the_name(store: ObjectStore) -> None:
+    with pytest.raises(InvalidId):
+        store.delete("a/../b")
+
+
 @pytest.mark.parametrize(
     "bad_name",
     [

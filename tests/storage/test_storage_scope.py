@@ -258,3 +258,16 @@ def test_object_names_with_allowed_characters_are_accepted(name: str) -> None:
 def test_object_name_segment_longer_than_a_filename_is_rejected() -> None:
     with pytest.raises(InvalidId, match="segment"):
         validate_object_name("x" * 256)
+
+
+def test_scoped_store_deletes_in_its_scope_and_never_a_ledger_object() -> None:
+    """P1: the ledger is append-only, so a scoped store refuses to delete under `ledger/`."""
+    raw = MemoryStore()
+    scope = ScopedStore(raw, "acme", "prod")
+    scope.put_if_absent("state/l0/1.parquet", b"x")
+    scope.put_if_absent("ledger/orchestration/2026-01-01/e.json", b"{}")
+    assert scope.delete("state/l0/1.parquet") is True
+    assert raw.list_prefix("") == ["tenants/acme/workspaces/prod/ledger/orchestration/2026-01-01/e.json"]
+    with pytest.raises(InvalidId, match="append-only"):
+        scope.delete("ledger/orchestration/2026-01-01/e.json")
+    assert scope.head("ledger/orchestration/2026-01-01/e.json") is not None
