@@ -7,23 +7,32 @@ publishes the next manifest by create-only sequence number with its fencing epoc
 compactor takes a new epoch, rebuilds its projection from the events the manifest
 names (by object name, no listing), and publishes a fence manifest, after which no
 older compactor can publish.
+
+Garbage collection (ADR 015): a base makes every older state file and manifest
+unreachable from the newest manifest. Once a base has been published for
+`gc_grace_sec` (so a reader that fetched an older manifest has had that long to read
+its files), the compactor deletes the files and manifests numbered below it, found
+through those manifests (no listing); `collect_orphans`, run with the full
+anti-entropy sweep, lists `state/` for files no manifest ever named (a compaction
+that died before publishing). The ledger is never touched (P1).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from servo._errors import CasConflict, FencedOut, ObjectExists, ObjectNotFound
-from servo.compactor._manifest import Manifest, ManifestStore
+from servo._errors import CasConflict, FencedOut, ObjectExists, ObjectNotFound, ServoError
+from servo.compactor._manifest import POINTER, Manifest, ManifestStore, manifest_name
 from servo.core._registry import Registry
 from servo.core.events import format_timestamp
 from servo.core.fold import LAYER1_TABLES, Projection
 from servo.core.ids import is_ulid, ulid_timestamp
-from servo.obs import COMPACTION_SECONDS, count_rejected, timed
+from servo.obs import COMPACTION_SECONDS, count_rejected, record_error, timed
 from servo.spec import Spec
 from servo.storage import Ledger, ScopedStore
 from servo.tables._parquet import parquet_bytes
@@ -32,6 +41,23 @@ __all__ = ["EPOCH_OBJECT", "Compactor"]
 
 EPOCH_OBJECT = "compactor/epoch"
 CrashHook = Callable[[str], None]
+GC_GRACE_SEC = 60.0
+_LOG = logging.getLogger("servo.compactor")
+
+
+def _state_seq(name: str) -> int | None:
+    """The manifest seq a state object was written for: `state/l0/{seq}.e{epoch}...`
+    or `state/base/{seq}.e{epoch}/...`; None for anything else."""
+    parts = name.split("/")
+    if len(parts) < 3 or parts[0] != "state" or not parts[2][:12].isdigit():
+        return None
+    return int(parts[2][:12])
+
+
+def _manifest_seq(name: str) -> int | None:
+    """The seq of `manifests/{seq:012d}.json`; None for the pointer or anything else."""
+    stem = name.removeprefix("manifests/").removesuffix(".json")
+    return int(stem) if len(stem) == 12 and stem.isdigit() else None
 
 
 def _no_crash(point: str) -> None:
@@ -52,7 +78,10 @@ class Compactor:
         clock: Callable[[], float] = time.monotonic,
         crash: CrashHook = _no_crash,
         idle_publish_sec: float = 1.0,
+        gc_grace_sec: float | None = GC_GRACE_SEC,
     ) -> None:
+        """`gc_grace_sec`: how long a base must have been published before what it
+        supersedes is deleted; None keeps everything."""
         self.store = store
         self.spec = spec
         self.registry = registry
@@ -74,15 +103,17 @@ class Compactor:
         self.caught_up_at: datetime | None = None
         """When this compactor last had every notified event folded and published
         (in-process knowledge, fresher than the published watermark when idle)."""
+        self.gc_grace_sec = gc_grace_sec
+        self.gc_floor = 0
+        """Every state file and manifest numbered below this has been collected."""
+        self._bases: list[tuple[int, datetime]] = []  # (seq, published at) of recent bases
 
     # ------------------------------------------------------------ lifecycle --
 
     def start(self) -> Manifest:
         """Take a new fencing epoch, rebuild from the latest manifest, publish a fence."""
         self.epoch = self._acquire_epoch()
-        latest = self.manifests.latest()
-        if latest is not None:
-            self._rebuild(latest)
+        latest = self._rebuild_latest()
         while True:
             seq = (latest.seq if latest else 0) + 1
             fence = Manifest(
@@ -96,6 +127,7 @@ class Compactor:
             if self.manifests.publish(fence):
                 self.manifest = fence
                 self._move_pointer(force=True)
+                self._note_base(fence, datetime.now(UTC))  # its age counts from now
                 return fence
             latest = self.manifests.latest()
             if latest is not None and latest.epoch > self.epoch:
@@ -103,7 +135,21 @@ class Compactor:
             if latest is not None and latest.epoch == self.epoch:  # pragma: no cover - unique epochs
                 raise CasConflict(f"manifest {seq} taken within epoch {self.epoch}")
             if latest is not None:
+                latest = self._rebuild_latest()
+
+    def _rebuild_latest(self) -> Manifest | None:
+        """Rebuild from the latest manifest; if the running leader collected its files
+        meanwhile (a rebuild slower than the GC grace), from the next latest."""
+        for _ in range(5):
+            latest = self.manifests.latest()
+            if latest is None:
+                return None
+            try:
                 self._rebuild(latest)
+            except ObjectNotFound:
+                continue
+            return latest
+        raise FencedOut("the manifests keep moving under this compactor's rebuild; another compactor is active")
 
     def _acquire_epoch(self) -> int:
         """CAS-increment the epoch object; a lost race is retried with the new value."""
@@ -205,6 +251,7 @@ class Compactor:
             self._watermark = cut
             manifest = self._next_manifest(self.manifest.seq + 1, self.manifest.base, self.manifest.deltas)
             self._publish(manifest)
+            self.collect_garbage(cut)
             return manifest
         self._watermark = max(cut, self._watermark) if self._watermark else cut
         read = self._fold_ids(ids)
@@ -220,11 +267,13 @@ class Compactor:
         self.crash("before_manifest")
         self._publish(manifest)
         self.crash("after_manifest")
+        self._note_base(manifest, cut)
         self.caught_up_at = cut
         self._folded.update(read)
         for event_id in ids:
             self._pending.pop(event_id, None)
             self._bodies.pop(event_id, None)
+        self.collect_garbage(cut)
         return manifest
 
     def merge(self) -> Manifest:
@@ -233,7 +282,97 @@ class Compactor:
             raise RuntimeError("call start() first")
         manifest = self._write_base(self.manifest.seq + 1, [])
         self._publish(manifest)
+        self._note_base(manifest, datetime.now(UTC))
         return manifest
+
+    # ----------------------------------------------------------------- gc --
+
+    def _note_base(self, manifest: Manifest, at: datetime) -> None:
+        name = manifest.base.get("_events")
+        seq = _state_seq(name) if name else None
+        if seq is not None and (not self._bases or self._bases[-1][0] != seq):
+            self._bases.append((seq, at))
+
+    def _ripe_floor(self, now: datetime) -> int:
+        """The newest base published at least `gc_grace_sec` before `now` (0: none)."""
+        if self.gc_grace_sec is None:
+            return 0
+        ripe = [seq for seq, at in self._bases if (now - at).total_seconds() >= self.gc_grace_sec]
+        return max(ripe, default=0)
+
+    def collect_garbage(self, now: datetime | None = None) -> int:
+        """Delete the state files and manifests a base published at least `gc_grace_sec`
+        ago supersedes; how many objects were deleted. Never raises: a failed delete
+        is logged and counted, and retried with the next base."""
+        floor = self._ripe_floor(now if now is not None else datetime.now(UTC))
+        if floor <= self.gc_floor:
+            return 0
+        try:
+            deleted = self._collect_below(floor)
+        except ServoError as error:
+            record_error("compactor", error)
+            _LOG.warning("garbage collection below manifest %d failed (retried later): %s", floor, error)
+            return 0
+        self._bases = [(seq, at) for seq, at in self._bases if seq >= floor]
+        return deleted
+
+    def _pointer_seq(self) -> int:
+        try:
+            return int(self.store.get(POINTER).data)
+        except (ObjectNotFound, ValueError):
+            return 0
+
+    def _collect_below(self, floor: int) -> int:
+        # Readers start probing at the pointer: move it past the floor before any
+        # manifest below the floor goes (at most one extra pointer write per base).
+        if self._pointer_seq() < floor:
+            self._move_pointer(force=True)
+        keep_manifests_from = min(floor, self._pointer_seq())
+        low = self.gc_floor
+        if low == 0:  # first collection by this process: find the oldest manifest left
+            low = floor
+            while low > 1 and self.store.head(manifest_name(low - 1)) is not None:
+                low -= 1
+        deleted, gone = 0, set[str]()
+        for seq in range(low, floor):
+            try:
+                manifest = self.manifests.get(seq)
+            except ObjectNotFound:
+                continue
+            for files in (manifest.base, *manifest.deltas):
+                for name in files.values():
+                    written_for = _state_seq(name)
+                    if written_for is not None and written_for < floor and name not in gone:
+                        gone.add(name)
+                        deleted += self.store.delete(name)
+            if seq < keep_manifests_from:
+                deleted += self.store.delete(manifest_name(seq))
+        self.gc_floor = keep_manifests_from if keep_manifests_from < floor else floor
+        return deleted
+
+    def collect_orphans(self, now: datetime | None = None) -> int:
+        """Anti-entropy only (it lists, P6): delete every state file numbered below the
+        collected floor that no manifest named (a compaction that died before it
+        published), and manifests below it the pointer has passed."""
+        self.collect_garbage(now)
+        floor = self.gc_floor
+        if floor == 0:
+            return 0
+        deleted = 0
+        try:
+            for name in self.store.list_prefix("state/"):
+                written_for = _state_seq(name)
+                if written_for is not None and written_for < floor:
+                    deleted += self.store.delete(name)
+            keep_from = min(floor, self._pointer_seq())
+            for name in self.store.list_prefix("manifests/"):
+                seq = _manifest_seq(name)
+                if seq is not None and seq < keep_from:
+                    deleted += self.store.delete(name)
+        except ServoError as error:
+            record_error("compactor", error)
+            _LOG.warning("orphan collection failed (retried later): %s", error)
+        return deleted
 
     def _prefix(self, kind: str, seq: int) -> str:
         return f"state/{kind}/{seq:012d}.e{self.epoch}"

@@ -94,15 +94,24 @@ class ManifestReader:
     def latest(self) -> Manifest | None:
         """The newest manifest: start at the pointer hint (or the newest seq seen, if
         further: the pointer moves about once a second), probe forward by name."""
-        seq = max(self._hint(), self._known)
-        if seq == 0 and self.store.head(manifest_name(1)) is None:
-            return None
-        while self.store.head(manifest_name(seq + 1)) is not None:
-            seq += 1
-        if seq == 0:
-            return None
-        self._known = seq
-        return self.get(seq)
+        for _ in range(3):
+            seq = max(self._hint(), self._known)
+            if seq == 0 and self.store.head(manifest_name(1)) is None:
+                return None
+            while self.store.head(manifest_name(seq + 1)) is not None:
+                seq += 1
+            if seq == 0:
+                return None
+            try:
+                manifest = self.get(seq)
+            except ObjectNotFound:
+                # Collected (ADR 015): what this reader last saw is older than the
+                # GC grace. Start again from the pointer, which is past the collection.
+                self._known = 0
+                continue
+            self._known = seq
+            return manifest
+        raise ObjectNotFound("no readable manifest: the latest ones keep being collected")
 
     def get(self, seq: int) -> Manifest:
         """Manifest `seq` (ObjectNotFound if it was never published)."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from servo._errors import ServoError
+from servo._errors import ObjectNotFound, ServoError
 from servo.compactor._manifest import Manifest, ManifestReader
 from servo.core.controllers import ProjectionView, TimerRecord
 from servo.core.fold import LAYER1_TABLES
@@ -101,10 +101,12 @@ class ProjectionReader:
 
     def read(self, manifest: Manifest | None = None) -> Snapshot:
         """Tables as of `manifest` (default: the latest); empty before any publish."""
-        manifest = manifest if manifest is not None else self.manifest()
+        if manifest is None:
+            manifest = self._catch_up_latest()
+        else:
+            self._catch_up(manifest)
         if manifest is None:
             return Snapshot(0, None, "", {t: [] for t in self._tables})
-        self._catch_up(manifest)
         out = {}
         for table in self._tables:
             rows = self._rows[table]
@@ -114,10 +116,25 @@ class ProjectionReader:
     def refresh(self) -> Manifest | None:
         """Catch up with the latest manifest for `view()` without copying the tables out
         (what a driver loop needs: O(new rows), not O(rows)); None before any publish."""
-        manifest = self.manifest()
-        if manifest is not None:
-            self._catch_up(manifest)
-        return manifest
+        return self._catch_up_latest()
+
+    def _catch_up_latest(self) -> Manifest | None:
+        """Catch up with the latest manifest. Its files can be gone if it was fetched
+        longer than the compactor's GC grace ago (ADR 015): then start over from the
+        manifest that is latest now."""
+        for attempt in range(5):
+            manifest = self.manifest()
+            if manifest is None:
+                return None
+            try:
+                self._catch_up(manifest)
+            except ObjectNotFound:
+                self._base = None  # what was applied may be half a delta: rebuild
+                if attempt == 4:
+                    raise
+                continue
+            return manifest
+        return None  # pragma: no cover - the loop returns or raises
 
     def _catch_up(self, manifest: Manifest) -> None:
         same_base = self._base == manifest.base and manifest.deltas[: len(self._applied)] == self._applied

@@ -37,7 +37,7 @@ from typing import Any
 from servo import obs
 from servo._errors import FencedOut, ServoError
 from servo.api import Pipeline
-from servo.compactor import Compactor, ProjectionReader, StateView
+from servo.compactor import GC_GRACE_SEC, Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
     ControllerConfig,
     CreateStatus,
@@ -140,6 +140,7 @@ class EmbeddedEngine:
         takeover_seconds: float = 5.0,
         push_port: int = 0,
         faults: FaultHook = _no_faults,
+        gc_grace_sec: float | None = GC_GRACE_SEC,
     ) -> None:
         if workers < 1:
             raise ServoError(f"an engine needs at least 1 worker thread (got {workers})")
@@ -148,7 +149,8 @@ class EmbeddedEngine:
         self.spec = default_spec()
         self.catalog = Catalog(self.spec)
         self.store = home.store
-        self.compactor = Compactor(self.store, self.spec, registry(), merge_every=64)
+        self.gc_grace_sec = gc_grace_sec
+        self.compactor = Compactor(self.store, self.spec, registry(), merge_every=64, gc_grace_sec=self.gc_grace_sec)
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._gate = AppendGate()  # worker facts never straddle a compaction's cut
@@ -219,7 +221,7 @@ class EmbeddedEngine:
 
         A replica that loses a racing start stays a follower. Caller holds the lock.
         """
-        compactor = Compactor(self.store, self.spec, registry(), merge_every=64)
+        compactor = Compactor(self.store, self.spec, registry(), merge_every=64, gc_grace_sec=self.gc_grace_sec)
         self.notices.start_reading()  # the sweep below covers everything before this
         try:
             compactor.start()
@@ -302,6 +304,7 @@ class EmbeddedEngine:
         if now - self._full_swept_at >= self.full_sweep_seconds:
             self._full_swept_at = now
             self.compactor.repair()
+            self.compactor.collect_orphans()
         else:
             today = datetime.now(UTC).date()
             self.compactor.repair([today - timedelta(days=1), today, today + timedelta(days=1)])
