@@ -1,0 +1,122 @@
+"""Black-box fuzz of `servo run`: random pipelines, two engines at once, SIGKILL.
+
+Each case writes a random DAG whose tasks fail a planned number of times, starts two
+`servo run` processes of it on one new home with one run key, kills them at random
+moments, then runs it to the end and checks what an auditor would: every task ends
+where its upstreams and its own failures say, the exit code says whether the run
+succeeded, a refold of `servo ledger export` (shuffled, duplicated) gives the tables
+`servo run --json` printed, and each dispatch and each success was accepted once.
+
+This found three bugs the scripted tests did not (a home mkdir race, a fresh queue
+file answering "database is locked", and replicas minting one event id with
+different bytes). `SERVO_FUZZ_CASES=N` runs more cases (default: 3, the `ci` budget).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CASES = int(os.environ.get("SERVO_FUZZ_CASES", "3"))
+
+
+def write_pipeline(rng: random.Random, path: Path) -> dict[str, dict[str, Any]]:
+    """A random DAG t0..tN (deps point backwards, so the keys are in topological order)."""
+    tasks: dict[str, dict[str, Any]] = {}
+    lines = [
+        "import time",
+        "from servo.api import Pipeline, RetryPolicy, TaskContext",
+        "pipeline = Pipeline('fuzz')",
+    ]
+    for i in range(rng.randint(3, 10)):
+        deps = [f"t{d}" for d in sorted(rng.sample(range(i), k=min(i, rng.choice([0, 1, 1, 2]))))]
+        tries = rng.choice([1, 2, 3])
+        fails = rng.choice([0, 0, 0, 0, 0, 1, 2, 5])
+        tasks[f"t{i}"] = {"deps": deps, "tries": tries, "fails": fails}
+        lines += [
+            f"@pipeline.task(depends_on={deps!r}, max_attempts={tries}, "
+            "retry=RetryPolicy(base_sec=0.05, factor=1.0, cap_sec=0.1))",
+            f"def t{i}(ctx: TaskContext) -> None:",
+            f"    time.sleep({rng.choice([0, 0.02, 0.1])})",
+            f"    if ctx.attempt <= {fails}:",
+            "        raise RuntimeError('planned failure')",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return tasks
+
+
+def expected_states(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    states: dict[str, str] = {}
+    for key, task in tasks.items():
+        if any(states[d] != "SUCCEEDED" for d in task["deps"]):
+            states[key] = "SKIPPED"
+        else:
+            states[key] = "SUCCEEDED" if task["fails"] < task["tries"] else "FAILED"
+    return states
+
+
+def servo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "servo.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_random_pipelines_under_two_engines_and_sigkill_end_as_their_tasks_say(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    tasks = write_pipeline(rng, tmp_path / "p.py")
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "servo.cli", "run", str(tmp_path / "p.py"), "--home", str(home), "--json",
+               "--run-key", "fuzz", "--workers", rng.choice(["1", "2", "4"])]
+    for _ in range(rng.choice([1, 2])):
+        pair = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                for _ in range(2)]
+        time.sleep(rng.uniform(0.2, 1.2))
+        for proc in pair:
+            if proc.poll() is None and rng.random() < 0.7:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in pair:
+            _, stderr = proc.communicate(timeout=300)
+            assert proc.returncode in (0, 1, -signal.SIGKILL), stderr.decode()
+            assert b"Traceback" not in stderr, stderr.decode()
+
+    final = servo(*command[3:])
+    assert "Traceback" not in final.stderr, final.stderr
+    body = json.loads(final.stdout)
+    want = expected_states(tasks)
+    assert {t["task_key"]: t["state"] for t in body["tasks"]} == want
+    for row in body["tasks"]:
+        if row["state"] == "SUCCEEDED":
+            assert row["attempt"] == tasks[row["task_key"]]["fails"] + 1, row
+    succeeded = all(state == "SUCCEEDED" for state in want.values())
+    assert (final.returncode == 0) == succeeded
+    assert body["run"]["state"] == ("SUCCEEDED" if succeeded else "FAILED")
+
+    exported = servo("ledger", "export", "--home", str(home))
+    lines = exported.stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    shuffled = lines * 2
+    rng.shuffle(shuffled)
+    (tmp_path / "events.jsonl").write_text("\n".join(shuffled) + "\n")
+    tables = json.loads(servo("fold", str(tmp_path / "events.jsonl"), "--json").stdout)
+    assert tables["tasks"] == body["tasks"]
+    assert len(tables["runs"]) == 1
+    rejected = {r["event_id"] for r in tables["rejected_events"]}
+    accepted = [e for e in events if e["event_id"] not in rejected]
+    dispatches = Counter(e["data"]["dispatch_id"] for e in accepted if e["event_type"] == "DispatchRequested")
+    assert set(dispatches.values()) <= {1}
+    successes = Counter(
+        e["data"]["task_key"] for e in accepted
+        if e["event_type"] == "TaskFinished" and e["data"]["outcome"] == "SUCCEEDED"
+    )
+    assert successes == Counter({k: 1 for k, state in want.items() if state == "SUCCEEDED"})
+    shown = json.loads(servo("runs", "show", body["run"]["run_id"], "--home", str(home), "--json").stdout)
+    assert shown["tasks"] == body["tasks"]
