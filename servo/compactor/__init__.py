@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from servo.compactor._compactor import EPOCH_OBJECT, GC_GRACE_SEC, Compactor
-from servo.compactor._manifest import POINTER, Manifest, ManifestReader, ManifestStore, manifest_name
+from servo.compactor._manifest import (
+    POINTER,
+    Manifest,
+    ManifestReader,
+    ManifestStore,
+    manifest_name,
+)
 from servo.compactor._reader import ProjectionReader, Snapshot, StateView, StateViewDenied
 
 __all__ = [
