@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from servo.api._pipeline import Pipeline, PipelineError, RetryPolicy, TaskContext, TaskSpec
+from servo.api._pipeline import (
+    Pipeline,
+    PipelineError,
+    RetryPolicy,
+    TaskContext,
+    TaskExited,
+    TaskSpec,
+)
 
 if TYPE_CHECKING:
     from servo.api._http import create_app
 
-__all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskSpec", "create_app"]
+__all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskExited", "TaskSpec", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

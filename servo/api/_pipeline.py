@@ -15,6 +15,7 @@ A task fails by raising; it may call `ctx.heartbeat()` during long work.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from servo._errors import ServoError
 
-__all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskSpec"]
+__all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskExited", "TaskSpec"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -31,6 +32,12 @@ _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 class PipelineError(ServoError):
     """A pipeline declaration is invalid (unknown dependency, cycle, bad name...)."""
+
+
+class TaskExited(Exception):
+    """The task's function called `sys.exit()` or raised `KeyboardInterrupt`: a
+    failure of that attempt (those are BaseExceptions, which would otherwise escape
+    the worker thread and leave the engine waiting for a finish that never comes)."""
 
 
 class TaskContext(Protocol):
@@ -155,13 +162,23 @@ class Pipeline:
         return "plan_" + hashlib.sha256(f"{self.name}:{text}".encode()).hexdigest()[:16]
 
     def call(self, key: str, ctx: TaskContext) -> None:
-        """Run a task's function with the context (if it takes one)."""
+        """Run a task's function with the context (if it takes one); an `async def`
+        function (or one returning an awaitable) is run to completion on its own event
+        loop. `sys.exit()` and `KeyboardInterrupt` inside it become `TaskExited`."""
         fn = self.tasks[key].fn
         params: Sequence[inspect.Parameter] = list(inspect.signature(fn).parameters.values())
-        if params:
-            fn(ctx)
-        else:
-            fn()
+        try:
+            result = fn(ctx) if params else fn()
+            if inspect.isawaitable(result):
+                asyncio.run(_awaited(result))
+        except SystemExit as exc:
+            raise TaskExited(f"the task called sys.exit({exc.code!r})").with_traceback(exc.__traceback__) from None
+        except KeyboardInterrupt as exc:
+            raise TaskExited("the task raised KeyboardInterrupt").with_traceback(exc.__traceback__) from None
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _task_name(fn: Callable[..., Any]) -> str:

@@ -144,6 +144,7 @@ class EmbeddedEngine:
     ) -> None:
         if workers < 1:
             raise ServoError(f"an engine needs at least 1 worker thread (got {workers})")
+        pipeline.plan()  # a PipelineError (e.g. no tasks) before anything starts
         self.home = home
         self.pipeline = pipeline
         self.spec = default_spec()

@@ -1,0 +1,67 @@
+"""What a task function may do: exit, raise anything, be async. Each attempt ends
+with the outcome the function gave, and the run ends; nothing hangs or lies."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from servo.api import Pipeline, PipelineError, TaskContext
+from servo.engine import EmbeddedEngine, Home
+
+
+def run(tmp_path: Path, pipeline: Pipeline) -> dict[str, tuple[str, int, str | None]]:
+    outcome = EmbeddedEngine(Home.open(tmp_path / "home"), pipeline, poll_seconds=0.01).run(timeout=60)
+    return {t["task_key"]: (t["state"], t["attempt"], t["error_message"]) for t in outcome.tasks}
+
+
+def test_a_task_calling_sys_exit_or_raising_keyboard_interrupt_fails_that_attempt(tmp_path: Path) -> None:
+    """Both used to escape the worker (BaseException) and leave `servo run` hanging."""
+    pipeline = Pipeline("exits")
+
+    @pipeline.task()
+    def quits() -> None:
+        sys.exit(3)
+
+    @pipeline.task(max_attempts=2)
+    def interrupted(ctx: TaskContext) -> None:
+        if ctx.attempt == 1:
+            raise KeyboardInterrupt
+
+    @pipeline.task(depends_on=[quits])
+    def after() -> None: ...
+
+    states = run(tmp_path, pipeline)
+    assert states["quits"][:2] == ("FAILED", 1)
+    assert "sys.exit(3)" in (states["quits"][2] or "")
+    assert "test_engine_task_functions.py" in (states["quits"][2] or "")  # where the user's code exited
+    assert states["interrupted"][:2] == ("SUCCEEDED", 2)
+    assert states["after"][:2] == ("SKIPPED", 0)
+
+
+def test_async_task_functions_are_awaited(tmp_path: Path) -> None:
+    """An `async def` task used to 'succeed' at once: its coroutine was never run."""
+    pipeline = Pipeline("asyncs")
+    ran: list[str] = []
+
+    @pipeline.task()
+    async def fine(ctx: TaskContext) -> None:
+        await asyncio.sleep(0.01)
+        ran.append(ctx.task_key)
+
+    @pipeline.task()
+    async def broken() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("async failure")
+
+    states = run(tmp_path, pipeline)
+    assert states["fine"][:2] == ("SUCCEEDED", 1) and ran == ["fine"]
+    assert states["broken"][0] == "FAILED" and "ValueError: async failure" in (states["broken"][2] or "")
+
+
+def test_a_pipeline_without_tasks_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="has no tasks"):
+        EmbeddedEngine(Home.open(tmp_path / "home"), Pipeline("empty"))
