@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import runpy
 import sys
@@ -26,11 +27,14 @@ def _load_pipeline(path: Path, name: str | None) -> Any:
 
     if not path.is_file():
         raise ServoError(f"{path}: no such file")
+    beside = str(path.resolve().parent)  # like `python FILE.py`: its directory is importable
+    if beside not in sys.path:
+        sys.path.insert(0, beside)
     try:
         namespace = runpy.run_path(str(path), run_name="__servo__")
     except ServoError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ServoError(f"{path}: failed to load: {type(exc).__name__}: {exc}") from None
     found = {v.name: v for v in namespace.values() if isinstance(v, Pipeline)}
     if name is not None:
@@ -96,7 +100,12 @@ def run_command(
             err.print(f"error: cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}")
             raise typer.Exit(2) from None
     engine: EmbeddedEngine | None = None
+    # With --json, stdout carries the JSON document only: what the pipeline prints
+    # (while loading or in its tasks) goes to stderr.
+    scope = contextlib.ExitStack()
     try:
+        if as_json:
+            scope.enter_context(contextlib.redirect_stdout(sys.stderr))
         pipeline = _load_pipeline(file, pipeline_name)
         live: Live | None = None
         if not as_json and sys.stdout.isatty():
@@ -124,6 +133,7 @@ def run_command(
         err.print(f"interrupted: {which} is unfinished; `servo run {file}` again resumes it")
         raise typer.Exit(130) from None
     finally:
+        scope.close()
         if stop_metrics is not None:
             stop_metrics()
     if as_json:

@@ -128,3 +128,31 @@ def test_ctrl_c_stops_servo_run_at_once_and_names_the_run_to_resume(tmp_path: Pa
     assert proc.returncode == 130
     assert "interrupted" in stderr and "run_" in stderr and "resume" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_pipeline_imports_modules_beside_it_and_prints_without_breaking_json(tmp_path: Path) -> None:
+    """Like `python FILE.py`, the file's own directory is importable; with `--json`,
+    stdout carries only the JSON document (what tasks print goes to stderr)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "helpers.py").write_text("def answer():\n    return 42\n")
+    (project / "flow.py").write_text(
+        "from helpers import answer\n"
+        "from servo.api import Pipeline\n"
+        "pipeline = Pipeline('beside')\n"
+        "@pipeline.task()\n"
+        "def shout():\n"
+        "    print('task output', answer())\n"
+    )
+    result = servo("run", str(project / "flow.py"), "--home", str(tmp_path / "h"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["run"]["state"] == "SUCCEEDED"
+    assert "task output 42" in result.stderr
+
+
+def test_a_pipeline_file_that_exits_while_loading_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "exits.py"
+    bad.write_text("import sys\nsys.exit('no config')\n")
+    result = servo("run", str(bad), "--home", str(tmp_path / "h"))
+    assert result.returncode == 2 and "failed to load: SystemExit: no config" in result.stderr
+    assert "Traceback" not in result.stderr
