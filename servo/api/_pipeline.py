@@ -165,7 +165,10 @@ class Pipeline:
         """Run a task's function with the context (if it takes one); an `async def`
         function (or one returning an awaitable) is run to completion on its own event
         loop. `sys.exit()` and `KeyboardInterrupt` inside it become `TaskExited`."""
-        fn = self.tasks[key].fn
+        spec = self.tasks.get(key)
+        if spec is None:
+            raise PipelineError(f"task {key!r} is not declared in pipeline {self.name!r}")
+        fn = spec.fn
         params: Sequence[inspect.Parameter] = list(inspect.signature(fn).parameters.values())
         try:
             result = fn(ctx) if params else fn()

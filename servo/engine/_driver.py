@@ -350,7 +350,11 @@ class EmbeddedEngine:
         if self._leasing is None:
             self._push = PushEndpoint(self._on_push, port=self.push_port)
         view, _ = self._refresh()
-        run_id, resumed = self._start_or_resume(view, run_key)
+        try:
+            run_id, resumed = self._start_or_resume(view, run_key)
+        except BaseException:
+            self._close_io()
+            raise
         self.run_id = run_id
         bound = obs.bind(tenant_id=self.home.tenant, run_id=run_id, trace_id=obs.trace_id_of(self._traces.get(run_id)))
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
@@ -375,11 +379,7 @@ class EmbeddedEngine:
             # Interrupted (Ctrl-C, timeout, error): do not wait for running attempts; the
             # run is durable, and a later `run` resumes it (their leases run out).
             pool.shutdown(wait=finished, cancel_futures=not finished)
-            if self._push is not None:
-                self._push.close()
-                self._push = None
-            if self._owns_queue and self._leasing is not None:
-                self._leasing.close()
+            self._close_io()
             obs.unbind(bound)
         view, _ = self._refresh()
         tables = self.reader.read().tables
@@ -394,6 +394,7 @@ class EmbeddedEngine:
             labels = row.get("labels") or {}
             mine = labels.get("servo.pipeline") == self.pipeline.name and row["state"] not in TERMINAL_RUN
             if mine and (run_key is None or row.get("run_key") == run_key):
+                self._check_same_plan(row, tables["tasks"])
                 self._traces.resume(row)
                 return str(row["run_id"]), True
         now = datetime.now(UTC)
@@ -422,6 +423,31 @@ class EmbeddedEngine:
             ]
         )
         return run_id, False
+
+    def _close_io(self) -> None:
+        if self._push is not None:
+            self._push.close()
+            self._push = None
+        if self._owns_queue and self._leasing is not None:
+            self._leasing.close()
+
+    def _check_same_plan(self, run: Mapping[str, Any], tasks: list[dict[str, Any]]) -> None:
+        """An unfinished run is resumed only if it was planned from this declaration:
+        otherwise it would dispatch tasks the pipeline no longer has."""
+        if run.get("plan_id") == self.pipeline.plan_id():
+            return
+        planned = {t["task_key"] for t in tasks if t["run_id"] == run["run_id"]}
+        declared = set(self.pipeline.tasks)
+        only_run, only_file = sorted(planned - declared), sorted(declared - planned)
+        if only_run or only_file:
+            what = f"tasks only in the run: {', '.join(only_run) or '-'}; only in the file: {', '.join(only_file) or '-'}"
+        else:
+            what = "the same tasks with other dependencies or max_attempts"
+        raise ServoError(
+            f"unfinished run {run['run_id']} of pipeline {self.pipeline.name!r} was planned from another version "
+            f"of it ({what}); cancel it (`servo runs cancel {run['run_id']}`) or restore that version to finish it, "
+            "or start a separate run with --run-key KEY"
+        )
 
     def _step(self, view: ProjectionView, watermark: datetime, run_id: str, pool: ThreadPoolExecutor) -> None:
         now = datetime.now(UTC)

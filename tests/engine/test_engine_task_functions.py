@@ -65,3 +65,37 @@ def test_async_task_functions_are_awaited(tmp_path: Path) -> None:
 def test_a_pipeline_without_tasks_is_refused_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="has no tasks"):
         EmbeddedEngine(Home.open(tmp_path / "home"), Pipeline("empty"))
+
+
+def test_an_unfinished_run_planned_from_another_version_is_not_resumed_blindly(tmp_path: Path) -> None:
+    """Kill `servo run`, edit the pipeline, run again: resuming the old plan used to
+    dispatch tasks the file no longer has (they failed with a bare KeyError)."""
+    from servo._errors import ServoError
+
+    home = Home.open(tmp_path / "home")
+    old = Pipeline("evolving")
+
+    @old.task()
+    def slow() -> None:
+        import time
+
+        time.sleep(5)
+
+    @old.task(depends_on=[slow])
+    def gone() -> None: ...
+
+    with pytest.raises(TimeoutError):
+        EmbeddedEngine(home, old, poll_seconds=0.01).run(timeout=0.5)
+
+    new = Pipeline("evolving")
+
+    @new.task(name="slow")
+    def quick() -> None: ...
+
+    @new.task(depends_on=["slow"])
+    def added() -> None: ...
+
+    with pytest.raises(ServoError, match=r"planned from another version.*only in the run: gone.*only in the file: added"):
+        EmbeddedEngine(home, new, poll_seconds=0.01).run(timeout=30)
+    separate = EmbeddedEngine(home, new, poll_seconds=0.01).run("v2", timeout=30)
+    assert separate.state == "SUCCEEDED" and not separate.resumed
