@@ -113,3 +113,14 @@ def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
     result = runner.invoke(app, ["fold", str(tmp_path)])
     assert result.exit_code == 2
     assert "is a directory" in result.output
+
+
+def test_a_utf8_byte_order_mark_and_crlf_line_ends_change_nothing(tmp_path: Path) -> None:
+    """An export saved by an editor that adds a BOM and CRLF is the same ledger."""
+    marked = tmp_path / "bom.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + LEDGER.read_bytes().replace(b"\n", b"\r\n"))
+    assert fold_json(marked) == fold_json(LEDGER)
+    lines = LEDGER.read_bytes().splitlines()
+    unsorted = tmp_path / "bom_unsorted.jsonl"  # the two-pass path too
+    unsorted.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(reversed(lines)) + b"\r\n")
+    assert fold_json(unsorted) == fold_json(LEDGER)

@@ -475,6 +475,19 @@ class _OutOfOrder(Exception):
     """The input was not in event_id order after all."""
 
 
+def _without_bom(lines: Iterable[Any]) -> Iterator[Any]:
+    """The lines, the first without a UTF-8 byte order mark (some editors add one)."""
+    first = True
+    for line in lines:
+        if first:
+            first = False
+            if isinstance(line, bytes):
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            elif isinstance(line, str):
+                line = line.removeprefix("\ufeff")
+        yield line
+
+
 def fold_lines(lines: Iterable[str | bytes], spec: Spec, registry: Registry) -> Projection:
     """Fold JSON lines from scratch; one streaming pass when they are in event_id order.
 
@@ -485,7 +498,7 @@ def fold_lines(lines: Iterable[str | bytes], spec: Spec, registry: Registry) -> 
     kept: list[str | bytes] = []
     projection = Projection(spec, registry, keep_history=False)
     try:
-        projection._apply_sorted(projection._streamed(lines, kept))
+        projection._apply_sorted(projection._streamed(_without_bom(lines), kept))
         return projection
     except _OutOfOrder:
         pass
@@ -499,10 +512,10 @@ def fold_file(path: Path, spec: Spec, registry: Registry) -> Projection:
     projection = Projection(spec, registry, keep_history=False)
     try:
         with path.open("rb") as handle:
-            projection._apply_sorted(projection._streamed(handle, None))
+            projection._apply_sorted(projection._streamed(_without_bom(handle), None))
         return projection
     except _OutOfOrder:
         pass
     projection = Projection(spec, registry, keep_history=False)
-    projection.apply_lines(path.read_bytes().splitlines())
+    projection.apply_lines(path.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines())
     return projection
