@@ -64,6 +64,11 @@ class CasConflict(StorageError):
     """A compare-and-swap write lost: the object's generation moved on."""
 
 
+class CorruptState(StorageError):
+    """A published state object (Parquet, key list) cannot be decoded. Derived state,
+    not the record: the compactor rebuilds it from the ledger."""
+
+
 class FencedOut(ServoError):
     """A compactor with an older fencing epoch tried to publish."""
 

@@ -8,11 +8,13 @@ at all (P6).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from servo._errors import ObjectNotFound, ServoError
+import pyarrow as pa
+
+from servo._errors import CorruptState, ObjectNotFound, ServoError
 from servo.compactor._manifest import Manifest, ManifestReader
 from servo.core.controllers import ProjectionView, TimerRecord
 from servo.core.fold import LAYER1_TABLES
@@ -128,6 +130,9 @@ class ProjectionReader:
                 return None
             try:
                 self._catch_up(manifest)
+            except CorruptState:
+                self._base = None  # half applied: the next read starts over
+                raise
             except ObjectNotFound:
                 self._base = None  # what was applied may be half a delta: rebuild
                 if attempt == 4:
@@ -248,7 +253,7 @@ class ProjectionReader:
             name = files.get(table)
             if name:
                 added = self._added[table]
-                for raw in parquet_rows(self._view.get(name).data):
+                for raw in _decoded(name, parquet_rows, self._view.get(name).data):
                     key = tuple(raw[k] for k in spec.primary_key)
                     if key not in rows:
                         added.append(key)
@@ -259,7 +264,18 @@ class ProjectionReader:
     def _deleted(self, name: str | None) -> list[tuple[Any, ...]]:
         if not name:
             return []
-        return [tuple(k) for k in json.loads(self._view.get(name).data)]
+        return [tuple(k) for k in _decoded(name, json.loads, self._view.get(name).data)]
+
+
+def _decoded(name: str, decode: Callable[[bytes], Any], data: bytes) -> Any:
+    """`decode(data)`, or CorruptState naming the object (never a decoder's traceback)."""
+    try:
+        return decode(data)
+    except (pa.ArrowException, ValueError, TypeError, OSError) as exc:
+        raise CorruptState(
+            f"published state {name!r} is unreadable ({type(exc).__name__}: {exc}); it is derived from the "
+            "ledger: the next `servo run` on this home rebuilds it"
+        ) from None
 
 
 _GONE = object()

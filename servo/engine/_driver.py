@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from servo import obs
-from servo._errors import FencedOut, ServoError
+from servo._errors import CorruptState, FencedOut, ServoError
 from servo.api import Pipeline
 from servo.compactor import GC_GRACE_SEC, Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
@@ -326,7 +326,17 @@ class EmbeddedEngine:
             if self.leading:
                 self._pick_up_external()
             caught_up = self._compact()
-        manifest = self.reader.refresh()
+        try:
+            manifest = self.reader.refresh()
+        except CorruptState as exc:
+            if not self.leading:
+                raise  # the leader's compactor is the one that can rewrite it
+            # Derived state: the compactor's projection was folded from the ledger, so
+            # a new base replaces whatever file is unreadable (ADR 015).
+            _LOG.warning("%s; writing a new base from the ledger's events", exc)
+            with self._lock:
+                self.compactor.merge()
+            manifest = self.reader.refresh()
         if not self.leading:
             self._watch_leader(manifest.seq if manifest is not None else 0)
         self._view = self.reader.view()  # kept per row by the reader: O(new rows) per read

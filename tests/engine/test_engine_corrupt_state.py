@@ -1,0 +1,59 @@
+"""Derived state is not the record: a corrupt state file is named, never a traceback,
+and the engine rebuilds the tables from the ledger instead of dying on it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from engine_audit import Audit
+
+from servo.api import Pipeline
+from servo.core._registry import Registry
+from servo.engine import EmbeddedEngine, Home
+from servo.spec import Spec
+
+
+def pipeline(name: str) -> Pipeline:
+    p = Pipeline(name)
+    p.task(lambda: None, name="a")
+    p.task(lambda: None, name="b", depends_on=["a"])
+    return p
+
+
+def corrupt_newest_tasks_delta(home: Home) -> str:
+    names = [n for n in home.store.list_prefix("state/") if n.endswith("tasks.parquet")]
+    newest = max(names, key=lambda n: int(n.split("/")[2][:12]))
+    path = home.root / "store" / "objects" / home.store.full_name(newest)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # torn: header intact, Parquet footer gone
+    return newest
+
+
+def test_a_corrupt_state_file_is_a_clear_error_for_readers(tmp_path: Path) -> None:
+    home = Home.open(tmp_path / "home")
+    assert EmbeddedEngine(home, pipeline("torn")).run(timeout=60).state == "SUCCEEDED"
+    name = corrupt_newest_tasks_delta(home)
+    result = subprocess.run(
+        [sys.executable, "-m", "servo.cli", "runs", "list", "--home", str(home.root)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert name in result.stderr and "rebuild" in result.stderr
+
+
+def test_the_engine_rebuilds_published_state_from_the_ledger(tmp_path: Path, spec: Spec, rules: Registry) -> None:
+    home = Home.open(tmp_path / "home")
+    assert EmbeddedEngine(home, pipeline("heal")).run(timeout=60).state == "SUCCEEDED"
+    corrupt_newest_tasks_delta(home)
+    outcome = EmbeddedEngine(home, pipeline("heal")).run(timeout=60)  # a second run on the home
+    assert outcome.state == "SUCCEEDED"
+    audit = Audit.of(home, spec, rules)
+    assert [r["state"] for r in audit.tables["runs"]] == ["SUCCEEDED", "SUCCEEDED"]
+    result = subprocess.run(
+        [sys.executable, "-m", "servo.cli", "runs", "list", "--home", str(home.root), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
