@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from servo._errors import ServoError
+from servo.core.controllers import ON_SLA_MISS_LABEL, SLA_LABEL
 
 __all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskExited", "TaskSpec"]
 
@@ -94,13 +95,32 @@ class TaskSpec:
 
 @dataclass
 class Pipeline:
-    """A named set of tasks with dependencies (a DAG)."""
+    """A named set of tasks with dependencies (a DAG).
+
+    `sla_sec`: the run should end within this many seconds of being triggered; a run
+    still going then has missed its SLA, which is reported (a warning and the
+    `servo_run_sla_missed_total` metric) and, with `on_sla_miss="cancel"`, cancels it.
+    """
 
     name: str
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    sla_sec: float | None = None
+    on_sla_miss: str = "alert"
 
     def __post_init__(self) -> None:
         _check_key("pipeline name", self.name)
+        if self.sla_sec is not None and not (0 < self.sla_sec < float("inf")):
+            raise PipelineError(f"pipeline {self.name!r}: sla_sec must be a positive number of seconds")
+        if self.on_sla_miss not in ("alert", "cancel"):
+            raise PipelineError(f"pipeline {self.name!r}: on_sla_miss must be 'alert' or 'cancel'")
+
+    def run_labels(self) -> dict[str, str]:
+        """The labels a run of this pipeline carries (its name, and its SLA if any)."""
+        labels = {"servo.pipeline": self.name}
+        if self.sla_sec is not None:
+            labels[SLA_LABEL] = f"{self.sla_sec:g}"
+            labels[ON_SLA_MISS_LABEL] = self.on_sla_miss
+        return labels
 
     def task(
         self,

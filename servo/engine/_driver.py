@@ -69,6 +69,8 @@ __all__ = ["EmbeddedEngine", "RunOutcome"]
 _LOG = logging.getLogger("servo.engine")
 TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 DISPATCH, TIMER = "dispatch", "timer"
+STRAGGLER_SECONDS = 2.0
+"""How long an ended run waits for attempts that are still running (to ack them)."""
 QUIET_EVENTS = frozenset({"TaskStarted", "TaskHeartbeat", "TimerRequested", "DispatchEnqueued"})
 """Events no controller acts on at once: appending them does not wake the loop, the
 next loop folds them whatever wakes it (at the latest `poll_seconds` later). A no-op
@@ -369,14 +371,21 @@ class EmbeddedEngine:
         bound = obs.bind(tenant_id=self.home.tenant, run_id=run_id, trace_id=obs.trace_id_of(self._traces.get(run_id)))
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
         finished = False
+        ended_at: float | None = None
         try:
             while True:
                 self._wake.clear()  # before reading: an append from now on runs the loop again
                 view, watermark = self._refresh()
                 run = view.runs.get(run_id)
-                if run is not None and run.state in TERMINAL_RUN and not self._running:
-                    finished = True
-                    break
+                if run is not None and run.state in TERMINAL_RUN:
+                    # Every task of an ended run is terminal: an attempt still running
+                    # (cancelled, or timed out, while it ran) can only be refused as
+                    # stale when it reports. Attempts that already reported get a
+                    # moment to ack; user code still running is not waited for.
+                    ended_at = time.monotonic() if ended_at is None else ended_at
+                    if not self._running or time.monotonic() - ended_at >= STRAGGLER_SECONDS:
+                        finished = not self._running
+                        break
                 if timeout is not None and time.monotonic() - started > timeout:
                     raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
                 self._step(view, watermark, run_id, pool)
@@ -386,8 +395,9 @@ class EmbeddedEngine:
             _observe.run_failed(run_id, exc)
             raise
         finally:
-            # Interrupted (Ctrl-C, timeout, error): do not wait for running attempts; the
-            # run is durable, and a later `run` resumes it (their leases run out).
+            # Interrupted (Ctrl-C, timeout, error) or ended with attempts still running:
+            # do not wait for them; the run is durable, and a later `run` resumes it or
+            # refuses their late reports (their leases run out).
             pool.shutdown(wait=finished, cancel_futures=not finished)
             self._close_io()
             obs.unbind(bound)
@@ -423,7 +433,7 @@ class EmbeddedEngine:
                         "trigger": {"kind": "MANUAL"},
                         "root_assets": [],
                         "run_key": key,
-                        "labels": {"servo.pipeline": self.pipeline.name},
+                        "labels": self.pipeline.run_labels(),
                     },
                 ),
                 # Ids come from (now, key): one millisecond later keeps the plan after its run.
@@ -545,7 +555,9 @@ class EmbeddedEngine:
             if timer is None:
                 return 503  # not folded yet
             tenant, workspace = self.home.tenant, self.home.workspace
-            self._append(on_timer_fired(view, timer, now, watermark, tenant=tenant, workspace=workspace, config=self.config))
+            events = on_timer_fired(view, timer, now, watermark, tenant=tenant, workspace=workspace, config=self.config)
+            self._append(events)
+            _observe.timer_handled(view, timer, events)
             return 200
         if kind != DISPATCH:
             return 404
@@ -561,11 +573,11 @@ class EmbeddedEngine:
             if timer is None:
                 self._nack(lease, now + timedelta(seconds=1))  # not folded yet
                 return
-            self._append(
-                on_timer_fired(
-                    view, timer, now, watermark, tenant=self.home.tenant, workspace=self.home.workspace, config=self.config
-                )
+            events = on_timer_fired(
+                view, timer, now, watermark, tenant=self.home.tenant, workspace=self.home.workspace, config=self.config
             )
+            self._append(events)
+            _observe.timer_handled(view, timer, events)
             self._ack(lease)
             return
         if task.name in self._running:

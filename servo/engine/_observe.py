@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from servo import obs
 from servo._errors import ServoError
-from servo.core.controllers import OutboxRecord, ProjectionView, deterministic_ulid
+from servo.core.controllers import OutboxRecord, ProjectionView, TimerRecord, deterministic_ulid
 from servo.core.events import Event
 from servo.queue import SqliteQueue
 from servo.storage import Ledger
@@ -38,6 +38,7 @@ __all__ = [
     "run_failed",
     "run_finished",
     "task_finished",
+    "timer_handled",
     "worker_failed",
 ]
 
@@ -177,6 +178,21 @@ def run_failed(run_id: str, error: Exception) -> None:
     obs.record_error("engine", error)
     extra = {"component": "engine", "error_type": type(error).__name__, "run_id": run_id}
     _log.error("run %s stopped: %s", run_id, error, extra=extra, exc_info=not isinstance(error, TimeoutError | ServoError))
+
+
+def timer_handled(view: ProjectionView, timer: TimerRecord, events: Sequence[Event]) -> None:
+    """Report what a timer's handling means for operators: a run that missed its SLA."""
+    if timer.timer_type != "SLA_CHECK" or timer.run_id is None:
+        return
+    run = view.runs.get(timer.run_id)
+    fired = any(e.event_type == "TimerFired" for e in events)
+    if run is None or not fired or run.state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        return  # rescheduled (the watermark is behind), or the run ended in time
+    cancel = any(e.event_type == "RunCancelRequested" for e in events)
+    obs.RUN_SLA_MISSED.labels("cancel" if cancel else "alert").inc()
+    extra = {"component": "engine", "error_type": "SlaMissed", "run_id": run.run_id}
+    what = "cancelling it" if cancel else "it goes on (on_sla_miss='alert')"
+    _log.warning("run %s missed its SLA of %s s; %s", run.run_id, f"{run.sla_sec:g}" if run.sla_sec else "?", what, extra=extra)
 
 
 def run_finished(run: Mapping[str, Any], seconds: float) -> None:

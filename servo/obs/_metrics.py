@@ -36,6 +36,7 @@ __all__ = [
     "QUEUE_OPERATION_SECONDS",
     "RECONCILE_SECONDS",
     "REGISTRY",
+    "RUN_SLA_MISSED",
     "TASK_EXECUTION_SECONDS",
     "count_appended",
     "count_rejected",
@@ -98,6 +99,10 @@ QUEUE_DEPTH: Final = Gauge(
 )
 EVENTS_APPENDED: Final = Counter(
     "servo_events_appended", "Events newly appended to the ledger, by type.", ("event_type",), registry=REGISTRY
+)
+RUN_SLA_MISSED: Final = Counter(
+    "servo_run_sla_missed", "Runs whose SLA check found them still going, by what was done (alert, cancel).",
+    ("action",), registry=REGISTRY,
 )
 EVENTS_REJECTED: Final = Counter(
     "servo_events_rejected", "Events the fold recorded in rejected_events, by reason.", ("reason",), registry=REGISTRY

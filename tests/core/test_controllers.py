@@ -39,11 +39,13 @@ def at(seconds: float) -> datetime:
 class World:
     """A ledger, its projection, and the controllers run against the folded part only."""
 
-    def __init__(self, spec: Spec, rules: Registry, catalog: Catalog, tasks: list[TaskDef]) -> None:
+    def __init__(
+        self, spec: Spec, rules: Registry, catalog: Catalog, tasks: list[TaskDef], labels: dict[str, str] | None = None
+    ) -> None:
         self.spec, self.rules = spec, rules
         self.config = ControllerConfig(catalog)
         self.b = EventBuilder(catalog, now=T0 - timedelta(seconds=10))
-        self.ledger: list[Event] = [self.b.run_triggered(RUN), self.b.plan_created(RUN, tasks)]
+        self.ledger: list[Event] = [self.b.run_triggered(RUN, labels=labels or {}), self.b.plan_created(RUN, tasks)]
         self.folded = 0
         self.projection = Projection(spec, rules)
         self.compact()
@@ -336,3 +338,85 @@ def test_view_records_are_read_only(world: World) -> None:
         timer.state = "FIRED"  # type: ignore[misc]
     with pytest.raises(TypeError):
         view.tasks[(RUN, "zz")] = view.tasks[(RUN, "a")]  # type: ignore[index]
+
+
+# ------------------------------------------------------------------ run SLA --
+
+
+def sla_world(spec: Spec, rules: Registry, catalog: Catalog, on_miss: str = "alert") -> World:
+    labels = {"servo.sla_sec": "30", "servo.on_sla_miss": on_miss}
+    return World(spec, rules, catalog, [TaskDef("a", heartbeat_timeout_sec=0)], labels)
+
+
+def test_a_run_with_an_sla_gets_one_sla_check_at_created_at_plus_the_sla(
+    spec: Spec, rules: Registry, catalog: Catalog, world: World
+) -> None:
+    w = sla_world(spec, rules, catalog)
+    created = datetime.fromisoformat(str(w.projection.tables()["runs"][0]["created_at"]).replace("Z", "+00:00"))
+    events = w.reconcile(at(0))
+    (check,) = [e for e in events if e.event_type == "TimerRequested"]
+    fire_at = created + timedelta(seconds=30)
+    epoch = int(fire_at.timestamp())
+    assert check.data == {
+        "timer_id": f"timer:sla:{RUN}:{epoch}",
+        "timer_type": "SLA_CHECK",
+        "run_id": RUN,
+        "fire_at": format_timestamp(fire_at),
+    }
+    w.append(events)
+    w.compact()
+    assert [e.event_type for e in w.reconcile(at(1))] == []  # one check per run
+    assert not [e for e in world.reconcile(at(0)) if e.data.get("timer_type") == "SLA_CHECK"]  # no SLA, no check
+
+
+def test_run_sla_check_respects_watermark_freshness(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    """Before the watermark reaches fire_at the check only reschedules itself (INV-9):
+    a run that finished in time but is not folded yet is never flagged or cancelled."""
+    w = sla_world(spec, rules, catalog, on_miss="cancel")
+    w.append(w.reconcile(at(0)))
+    w.compact()
+    (timer,) = [t for t in w.view().timers.values() if t.timer_type == "SLA_CHECK"]
+
+    lagging = w.fire(timer.timer_id, now=timer.fire_at + timedelta(seconds=1), watermark=timer.fire_at - timedelta(milliseconds=1))
+    assert types(lagging) == ["TimerRequested"]
+    later = lagging[0].data
+    assert later["timer_type"] == "SLA_CHECK" and later["timer_id"].startswith(f"timer:sla:{RUN}:")
+    assert later["timer_id"] != timer.timer_id and datetime.fromisoformat(later["fire_at"]) > timer.fire_at
+
+    missed = w.fire(timer.timer_id, now=timer.fire_at + timedelta(seconds=1), watermark=timer.fire_at)
+    assert types(missed) == ["RunCancelRequested", "TimerFired"]
+    assert missed[0].data["requested_by"] == "servo:sla" and "SLA of 30 s" in missed[0].data["reason"]
+    w.append(missed)
+    w.compact()
+    tables = w.projection.tables()
+    assert tables["runs"][0]["state"] == "CANCELLED" and w.task("a")["state"] == "CANCELLED"
+    assert {t["timer_id"]: t["state"] for t in tables["timers"]}[timer.timer_id] == "FIRED"
+
+
+def test_a_missed_sla_only_alerts_unless_cancel_was_asked(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    w = sla_world(spec, rules, catalog, on_miss="alert")
+    w.append(w.reconcile(at(0)))
+    w.compact()
+    (timer,) = [t for t in w.view().timers.values() if t.timer_type == "SLA_CHECK"]
+    assert types(w.fire(timer.timer_id, now=timer.fire_at, watermark=timer.fire_at)) == ["TimerFired"]
+
+
+def test_an_sla_check_of_an_ended_run_is_moot_whatever_the_watermark(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    w = sla_world(spec, rules, catalog, on_miss="cancel")
+    w.append(w.reconcile(at(0)))  # the dispatch of a and the SLA check
+    w.compact()
+    (timer,) = [t for t in w.view().timers.values() if t.timer_type == "SLA_CHECK"]
+    w.append([w.fact("TaskStarted", "a", at(1)), w.fact("TaskFinished", "a", at(2), outcome="SUCCEEDED")])
+    w.compact()
+    assert w.projection.tables()["runs"][0]["state"] == "SUCCEEDED"
+    assert types(w.fire(timer.timer_id, now=at(3), watermark=at(0))) == ["TimerFired"]
+
+
+def test_repair_fires_an_overdue_sla_check_whose_queue_task_was_lost(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    w = sla_world(spec, rules, catalog, on_miss="cancel")
+    w.append(w.reconcile(at(0)))
+    w.compact()
+    (timer,) = [t for t in w.view().timers.values() if t.timer_type == "SLA_CHECK"]
+    late = timer.fire_at + timedelta(seconds=w.config.repair_grace_sec + 1)
+    events = repair(w.view(), late, late, config=w.config, **SCOPE)
+    assert "RunCancelRequested" in types(events) and "TimerFired" in types(events)

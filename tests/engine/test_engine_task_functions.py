@@ -99,3 +99,56 @@ def test_an_unfinished_run_planned_from_another_version_is_not_resumed_blindly(t
         EmbeddedEngine(home, new, poll_seconds=0.01).run(timeout=30)
     separate = EmbeddedEngine(home, new, poll_seconds=0.01).run("v2", timeout=30)
     assert separate.state == "SUCCEEDED" and not separate.resumed
+
+
+def test_a_run_past_its_sla_is_cancelled_when_asked(tmp_path: Path) -> None:
+    import time
+
+    from servo import obs
+
+    pipeline = Pipeline("late", sla_sec=1, on_sla_miss="cancel")
+
+    @pipeline.task()
+    def slow() -> None:
+        time.sleep(8)
+
+    @pipeline.task(depends_on=[slow])
+    def after() -> None: ...
+
+    before = obs.RUN_SLA_MISSED.labels("cancel")._value.get()
+    started = time.monotonic()
+    home = Home.open(tmp_path / "home")
+    outcome = EmbeddedEngine(home, pipeline, poll_seconds=0.01).run(timeout=60)
+    assert outcome.state == "CANCELLED"
+    assert time.monotonic() - started < 6  # cancelled at its SLA, not after the task
+    assert {t["task_key"]: t["state"] for t in outcome.tasks} == {"slow": "CANCELLED", "after": "CANCELLED"}
+    assert obs.RUN_SLA_MISSED.labels("cancel")._value.get() == before + 1
+    from servo.compactor import ProjectionReader, StateView
+    from servo.core.rules import default_spec
+
+    timers = ProjectionReader(StateView(home.store), default_spec()).read().tables["timers"]
+    # Fired, or cancelled with the run (the cancel may fold first): never left scheduled.
+    assert [t["state"] in ("FIRED", "CANCELLED") for t in timers if t["timer_type"] == "SLA_CHECK"] == [True]
+
+
+def test_a_run_past_its_sla_is_reported_and_goes_on_by_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    pipeline = Pipeline("late_alert", sla_sec=0.5)
+
+    @pipeline.task()
+    def slowish() -> None:
+        time.sleep(2.5)
+
+    with caplog.at_level(logging.WARNING, logger="servo.engine"):
+        outcome = EmbeddedEngine(Home.open(tmp_path / "home"), pipeline, poll_seconds=0.01).run(timeout=60)
+    assert outcome.state == "SUCCEEDED"
+    assert any("missed its SLA of 0.5 s" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_sla_settings_are_refused() -> None:
+    with pytest.raises(PipelineError, match="sla_sec"):
+        Pipeline("bad", sla_sec=0)
+    with pytest.raises(PipelineError, match="on_sla_miss"):
+        Pipeline("bad", sla_sec=5, on_sla_miss="panic")

@@ -28,17 +28,23 @@ from servo.core.controllers._timers import (
     on_timer_fired,
     retry_delay,
     retry_intents,
+    sla_intents,
     timer_is_moot,
 )
 from servo.core.controllers._view import (
+    ON_SLA_MISS_LABEL,
+    SLA_LABEL,
     OutboxRecord,
     ProjectionView,
     RunRecord,
     TaskRecord,
     TimerRecord,
+    run_sla,
 )
 
 __all__ = [
+    "ON_SLA_MISS_LABEL",
+    "SLA_LABEL",
     "ControllerConfig",
     "CreateStatus",
     "Emitter",
@@ -63,5 +69,7 @@ __all__ = [
     "repair",
     "retry_delay",
     "retry_intents",
+    "run_sla",
+    "sla_intents",
     "timer_is_moot",
 ]

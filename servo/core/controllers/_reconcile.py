@@ -27,7 +27,7 @@ def reconcile(
     workspace: str,
     config: ControllerConfig,
 ) -> list[Event]:
-    """Intents for the current projection: dispatches, retry and heartbeat timers.
+    """Intents for the current projection: dispatches, retry, heartbeat and SLA timers.
 
     `watermark` is accepted for symmetry with the timer handler; the intents here
     only ever ask for work to happen later, so they need no freshness guard (a stale
@@ -38,6 +38,7 @@ def reconcile(
     events = _dispatch.ready_intents(view, emit)
     events += _timers.retry_intents(view, emit)
     events += _timers.heartbeat_intents(view, emit)
+    events += _timers.sla_intents(view, emit)
     return dedupe(events)
 
 
@@ -48,7 +49,9 @@ def overdue_timers(view: ProjectionView, watermark: datetime, config: Controller
     grace = timedelta(seconds=config.repair_grace_sec)
     out: list[TimerRecord] = []
     for timer in view.timers.values():
-        if timer.state != "SCHEDULED" or timer.run_id is None or timer.task_key is None or timer.attempt is None:
+        if timer.state != "SCHEDULED" or timer.run_id is None:
+            continue
+        if (timer.task_key is None or timer.attempt is None) and timer.timer_type != "SLA_CHECK":
             continue
         run = view.runs.get(timer.run_id)
         if run is None or run.state != "RUNNING" or timer.fire_at + grace > watermark:

@@ -24,6 +24,7 @@ from servo.core.ids import (
     is_ulid,
     retry_backoff,
     retry_timer_id,
+    sla_timer_id,
     ulid_timestamp,
 )
 
@@ -38,8 +39,11 @@ __all__ = [
     "retry_delay",
     "retry_intents",
     "retry_second",
+    "sla_intents",
     "timer_is_moot",
 ]
+
+TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _JITTER_BITS = 53  # a double holds 53 bits exactly: k / 2**53 < 1 for every k
@@ -198,15 +202,50 @@ def heartbeat_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
     return out
 
 
+def _sla_request(emit: Emitter, run_id: str, epoch: int) -> Event:
+    at = _at(epoch)
+    data = {"timer_id": sla_timer_id(run_id, epoch), "timer_type": "SLA_CHECK", "run_id": run_id}
+    return emit.emit("TimerRequested", {**data, "fire_at": format_timestamp(at)})
+
+
+def sla_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
+    """One SLA_CHECK timer per running run that has an SLA (labels `servo.sla_sec`,
+    `servo.on_sla_miss`), due `sla_sec` after the run was created (its first whole
+    second at or after that). A run that already has one (scheduled, fired or
+    rescheduled) gets no other from here."""
+    out: list[Event] = []
+    for run in view.runs.values():
+        if run.state != "RUNNING" or run.sla_sec is None or run.created_at is None:
+            continue
+        if view.timers_of("SLA_CHECK", run.run_id, None, None):
+            continue
+        due = run.created_at + timedelta(seconds=run.sla_sec)
+        out.append(_sla_request(emit, run.run_id, -(-_ms(due) // 1000)))
+    return out
+
+
+def _sla_verdict(view: ProjectionView, timer: TimerRecord, emit: Emitter) -> list[Event]:
+    """The run missed its SLA (it is not over at fire_at, and the watermark says every
+    event before fire_at is folded): RunCancelRequested if it asked for that; either
+    way the driver reports the miss (a log line and a metric)."""
+    run = view.runs.get(timer.run_id) if timer.run_id is not None else None
+    if run is None or run.state in TERMINAL_RUN_STATES or not run.cancel_on_sla_miss:
+        return []
+    reason = f"the run missed its SLA of {run.sla_sec:g} s" if run.sla_sec is not None else "the run missed its SLA"
+    return [emit.emit("RunCancelRequested", {"run_id": run.run_id, "reason": reason, "requested_by": "servo:sla"})]
+
+
 # ------------------------------------------------------------------ handler --
 
 
 def _reschedule(timer: TimerRecord, emit: Emitter) -> list[Event]:
     """A new timer of the same kind, later than both fire_at and now (INV-9)."""
-    if timer.run_id is None or timer.task_key is None or timer.attempt is None:
-        return []  # run-less timers (cron) belong to Layer 2's handlers
     # At least a second past both fire_at and now: the new id differs from this one.
     epoch = reschedule_second(_ms(timer.fire_at), _ms(emit.now), emit.config.lag_recheck_sec)
+    if timer.timer_type == "SLA_CHECK" and timer.run_id is not None:
+        return [_sla_request(emit, timer.run_id, epoch)]
+    if timer.run_id is None or timer.task_key is None or timer.attempt is None:
+        return []  # run-less timers (cron) belong to Layer 2's handlers
     make_id = retry_timer_id if timer.timer_type == "RETRY" else heartbeat_timer_id
     timer_id = make_id(timer.run_id, timer.task_key, timer.attempt, epoch)
     return [_timer_request(emit, timer_id, timer.timer_type, timer, timer.attempt, _at(epoch))]
@@ -255,11 +294,15 @@ def _heartbeat_verdict(view: ProjectionView, timer: TimerRecord, emit: Emitter) 
 
 
 def timer_is_moot(view: ProjectionView, timer: TimerRecord) -> bool:
-    """A retry or heartbeat timer whose task is terminal or has moved past its attempt.
+    """A retry or heartbeat timer whose task is terminal or has moved past its attempt;
+    an SLA check of a run that has ended.
 
     Both are final in the fold (a terminal task never leaves its state; attempts only
     grow), so a moot timer stays moot however stale the view is.
     """
+    if timer.timer_type == "SLA_CHECK" and timer.run_id is not None:
+        run = view.runs.get(timer.run_id)
+        return run is not None and run.state in TERMINAL_RUN_STATES  # a run that ended stays ended
     if timer.timer_type not in ("RETRY", "HEARTBEAT_CHECK") or timer.run_id is None or timer.task_key is None:
         return False
     task = view.task(timer.run_id, timer.task_key)
@@ -288,6 +331,8 @@ def on_timer_fired(
     - watermark < fire_at: a later timer of the same kind, nothing else (INV-9).
     - RETRY: TimerFired (the fold moves the task RETRY_WAIT -> READY).
     - HEARTBEAT_CHECK: the verdict (AttemptTimedOut or the next check), then TimerFired.
+    - SLA_CHECK: the run missed its SLA: RunCancelRequested if it asked for a cancel,
+      then TimerFired.
 
     TimerFired comes last so a crash part-way leaves the timer SCHEDULED and the
     redelivered handler decides again (its events repeat under the same keys).
@@ -302,5 +347,7 @@ def on_timer_fired(
     out: list[Event] = []
     if timer.timer_type == "HEARTBEAT_CHECK":
         out.extend(_heartbeat_verdict(view, timer, emit))
+    elif timer.timer_type == "SLA_CHECK":
+        out.extend(_sla_verdict(view, timer, emit))
     out.append(_fired(timer, emit))
     return out

@@ -9,6 +9,8 @@ a controller cannot write the projection, only return events.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +23,16 @@ from servo.core.events import parse_timestamp
 from servo.core.fold import Projection
 from servo.core.ids import dispatch_cloud_task_id, timer_cloud_task_id
 
-__all__ = ["OutboxRecord", "ProjectionView", "RunRecord", "TaskRecord", "TimerRecord"]
+__all__ = [
+    "ON_SLA_MISS_LABEL",
+    "SLA_LABEL",
+    "OutboxRecord",
+    "ProjectionView",
+    "RunRecord",
+    "TaskRecord",
+    "TimerRecord",
+    "run_sla",
+]
 
 TERMINAL_TASK_STATES = frozenset({"SKIPPED", "CANCELLED", "FAILED", "SUCCEEDED"})
 LIVE_TASK_STATES = frozenset({"DISPATCHED", "RUNNING"})
@@ -60,12 +71,38 @@ class TaskRecord:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """The columns of a `runs` row that controllers use."""
+    """The columns of a `runs` row that controllers use (the SLA from its labels)."""
 
     run_id: str
     plan_id: str
     state: str
     row_version: str
+    created_at: datetime | None = None
+    sla_sec: float | None = None
+    cancel_on_sla_miss: bool = False
+
+
+SLA_LABEL = "servo.sla_sec"
+ON_SLA_MISS_LABEL = "servo.on_sla_miss"
+
+
+def run_sla(labels: object) -> tuple[float | None, bool]:
+    """(sla seconds or None, cancel on a miss) from a run's labels (a dict, or the JSON
+    text a Parquet row holds). A malformed or non-positive SLA is no SLA."""
+    if isinstance(labels, str):
+        try:
+            labels = json.loads(labels)
+        except ValueError:
+            return None, False
+    if not isinstance(labels, Mapping):
+        return None, False
+    try:
+        sla: float | None = float(labels[SLA_LABEL]) if SLA_LABEL in labels else None
+    except (TypeError, ValueError):
+        sla = None
+    if sla is not None and not (0 < sla < math.inf):
+        sla = None
+    return sla, labels.get(ON_SLA_MISS_LABEL) == "cancel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +207,11 @@ class ProjectionView:
         """The task (run_id, task_key), if the projection has it."""
         return self.tasks.get((run_id, task_key))
 
-    def timers_of(self, timer_type: str, run_id: str, task_key: str, attempt: int) -> tuple[TimerRecord, ...]:
-        """Every timer of one type for one attempt of a task, by timer_id."""
+    def timers_of(
+        self, timer_type: str, run_id: str, task_key: str | None, attempt: int | None
+    ) -> tuple[TimerRecord, ...]:
+        """Every timer of one type for one attempt of a task (or, with None for both,
+        for the run itself: SLA checks), by timer_id."""
         if self._timers_by_attempt is None:
             by_attempt: dict[tuple[str, str | None, str | None, int | None], list[TimerRecord]] = {}
             for timer in self.timers.values():
@@ -207,7 +247,8 @@ class ProjectionView:
                 row_version=r["row_version"],
             )
         if table == "runs":
-            return RunRecord(r["run_id"], r["plan_id"], r["state"], r["row_version"])
+            created = _ts(r.get("created_at"), "created_at")
+            return RunRecord(r["run_id"], r["plan_id"], r["state"], r["row_version"], created, *run_sla(r.get("labels")))
         if table == "dispatch_outbox":
             return OutboxRecord(
                 dispatch_id=r["dispatch_id"],
@@ -283,7 +324,9 @@ class ProjectionView:
         for part in parts:
             if part.run is not None:
                 run = part.run
-                runs.append(RunRecord(run.run_id, run.plan_id, run.state, run.row_version))
+                runs.append(
+                    RunRecord(run.run_id, run.plan_id, run.state, run.row_version, run.created_at, *run_sla(run.labels))
+                )
             for t in part.tasks.values():
                 tasks.append(
                     TaskRecord(
