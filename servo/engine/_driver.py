@@ -196,6 +196,9 @@ class EmbeddedEngine:
         self._view = ProjectionView.from_tables({})
         self._watermark = datetime.min.replace(tzinfo=UTC)
         self._running: dict[str, Future[None]] = {}
+        # Held while a future is stored and while a finished attempt removes it: an
+        # attempt can end before `submit` returns, and must not be stored after.
+        self._running_lock = threading.Lock()
         # Leases of running attempts, extended while they run (SQLite queue only).
         self._held = HeldLeases(self._leasing, lease_seconds) if self._leasing is not None else None
         self._repaired_at = datetime.min.replace(tzinfo=UTC)
@@ -587,7 +590,8 @@ class EmbeddedEngine:
             return
         if self._held is not None:
             self._held.hold(lease)
-        self._running[task.name] = pool.submit(self._work, lease)
+        with self._running_lock:
+            self._running[task.name] = pool.submit(self._work, lease)
 
     def _ack(self, lease: Lease) -> None:
         assert self._leasing is not None
@@ -605,7 +609,8 @@ class EmbeddedEngine:
         finally:
             if self._held is not None:
                 self._held.release(lease.task.name)
-            self._running.pop(lease.task.name, None)
+            with self._running_lock:
+                self._running.pop(lease.task.name, None)
             self._wake.set()
 
     def _attempt(self, delivery: Delivery, worker_id: str) -> None:

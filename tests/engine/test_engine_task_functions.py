@@ -152,3 +152,45 @@ def test_bad_sla_settings_are_refused() -> None:
         Pipeline("bad", sla_sec=0)
     with pytest.raises(PipelineError, match="on_sla_miss"):
         Pipeline("bad", sla_sec=5, on_sla_miss="panic")
+
+
+def test_an_attempt_that_ends_before_its_submit_returns_is_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the replica fuzz: a `servo run` whose run had FAILED looped forever. A
+    worker thread finished an attempt (a refused, stale one returns at once) before the
+    driver stored its future under the queue task's name, so the name stayed 'running'
+    and the driver waited for it. Here every attempt may end inside `submit`."""
+    import threading
+    from collections.abc import Callable
+    from concurrent.futures import Future
+
+    import servo.engine._driver as driver
+
+    class EagerExecutor:
+        """Runs each attempt on its own thread and gives it up to 0.5 s to end before
+        `submit` returns (a driver that stores the future first holds it up)."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+        def submit(self, fn: Callable[..., None], *args: object) -> Future[None]:
+            future: Future[None] = Future()
+
+            def work() -> None:
+                fn(*args)
+                future.set_result(None)
+
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join(0.5)
+            return future
+
+        def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
+
+    monkeypatch.setattr(driver, "ThreadPoolExecutor", EagerExecutor)
+    pipeline = Pipeline("inline")
+    pipeline.task(lambda: None, name="a")
+    pipeline.task(lambda: None, name="b", depends_on=["a"])
+    engine = EmbeddedEngine(Home.open(tmp_path / "home"), pipeline, poll_seconds=0.01)
+    assert engine.run(timeout=30).state == "SUCCEEDED"
+    assert engine._running == {}
