@@ -29,14 +29,20 @@ def seq_of(name: str) -> int:
     return int(name.split("/")[2][:12])
 
 
+def started(space: ScopedStore, spec: Spec, rules: Registry, **kw: Any) -> tuple[Compactor, Ledger]:
+    """A started compactor and a ledger that notifies it."""
+    compactor = Compactor(space, spec, rules, **kw)
+    ledger = Ledger(space, on_append=compactor.notify)
+    compactor.start()
+    return compactor, ledger
+
+
 def compact_in_steps(
     space: ScopedStore, spec: Spec, rules: Registry, events: list[Event], *, step: float, **kw: Any
 ) -> tuple[Compactor, datetime]:
     """One micro-compaction per 3 events, `step` seconds apart (merge every 4); it
     starts with a ledger sweep, as a restarted engine does."""
-    compactor = Compactor(space, spec, rules, merge_every=4, **kw)
-    ledger = Ledger(space, on_append=compactor.notify)
-    compactor.start()
+    compactor, ledger = started(space, spec, rules, merge_every=4, **kw)
     compactor.repair()
     now = T0
     for i in range(0, len(events), 3):
@@ -52,9 +58,7 @@ def test_superseded_state_and_manifests_are_deleted_once_the_base_is_old_enough(
     space = scoped(store)
     events = history(catalog)
     early = ManifestReader(StateView(space))
-    compactor = Compactor(space, spec, rules, merge_every=4, gc_grace_sec=60)
-    ledger = Ledger(space, on_append=compactor.notify)
-    compactor.start()
+    compactor, ledger = started(space, spec, rules, merge_every=4, gc_grace_sec=60)
     append(ledger, events[:3])
     compactor.compact(T0)
     assert early.latest() is not None  # this reader now knows an early manifest
@@ -95,9 +99,7 @@ def test_gc_without_a_grace_keeps_reads_correct_after_every_compaction(
 ) -> None:
     space = scoped(MemoryStore())
     events = history(catalog)
-    compactor = Compactor(space, spec, rules, merge_every=2, gc_grace_sec=0)
-    ledger = Ledger(space, on_append=compactor.notify)
-    compactor.start()
+    compactor, ledger = started(space, spec, rules, merge_every=2, gc_grace_sec=0)
     reader = ProjectionReader(StateView(space), spec)
     for i, event in enumerate(events):
         append(ledger, [event])
@@ -111,9 +113,7 @@ def test_a_reader_holding_a_collected_manifest_reads_the_latest_instead(
 ) -> None:
     space = scoped(MemoryStore())
     events = history(catalog)
-    compactor = Compactor(space, spec, rules, merge_every=4, gc_grace_sec=0)
-    ledger = Ledger(space, on_append=compactor.notify)
-    compactor.start()
+    compactor, ledger = started(space, spec, rules, merge_every=4, gc_grace_sec=0)
     append(ledger, events[:5])
     compactor.compact(T0)
     stale = ManifestStore(space).latest()
