@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -53,24 +54,35 @@ def _header(generation: int) -> bytes:
     return _MAGIC + b"%020d\n" % generation
 
 
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_FSYNC_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_FSYNC_POOL_LOCK = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """One pool of fsync threads per process (made again in a forked child)."""
+    global _FSYNC_POOL
+    with _FSYNC_POOL_LOCK:
+        if _FSYNC_POOL is None or _FSYNC_POOL[0] != os.getpid():
+            _FSYNC_POOL = (os.getpid(), ThreadPoolExecutor(max_workers=16, thread_name_prefix="servo-fsync"))
+        return _FSYNC_POOL[1]
+
+
 def _fsync_files(paths: Sequence[Path]) -> None:
-    """fsync files; many of them concurrently, so the filesystem batches them into few
-    commits. A few (a delta's files) go in series: after the first has committed the
-    journal the rest are cheap, and starting threads would cost more (~0.4 ms)."""
-
-    def sync(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    if len(paths) <= 8:
-        for path in paths:
-            sync(path)
+    """fsync files, two or more concurrently on a standing pool, so the filesystem
+    batches them into fewer journal commits (serially, each new file's fsync commits
+    the journal again)."""
+    if len(paths) == 1:
+        _sync(paths[0])
         return
-    with ThreadPoolExecutor(max_workers=min(32, len(paths))) as pool:
-        list(pool.map(sync, paths))
+    list(_fsync_pool().map(_sync, paths))
 
 
 def _fsync_dir(path: Path) -> None:
