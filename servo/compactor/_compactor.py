@@ -42,6 +42,7 @@ __all__ = ["EPOCH_OBJECT", "Compactor"]
 EPOCH_OBJECT = "compactor/epoch"
 CrashHook = Callable[[str], None]
 GC_GRACE_SEC = 60.0
+GC_MANIFESTS_PER_ROUND = 64  # manifests one collection round reads (about one base's worth)
 _LOG = logging.getLogger("servo.compactor")
 
 
@@ -328,13 +329,12 @@ class Compactor:
         if self._pointer_seq() < floor:
             self._move_pointer(force=True)
         keep_manifests_from = min(floor, self._pointer_seq())
-        low = self.gc_floor
-        if low == 0:  # first collection by this process: find the oldest manifest left
-            low = floor
-            while low > 1 and self.store.head(manifest_name(low - 1)) is not None:
-                low -= 1
+        low = self.gc_floor or self._oldest_manifest(floor)
+        # A bounded round, so a long backlog (a home that never collected) is worked
+        # off over several compactions instead of stalling one.
+        high = min(floor, low + GC_MANIFESTS_PER_ROUND)
         deleted, gone = 0, set[str]()
-        for seq in range(low, floor):
+        for seq in range(low, high):
             try:
                 manifest = self.manifests.get(seq)
             except ObjectNotFound:
@@ -347,8 +347,20 @@ class Compactor:
                         deleted += self.store.delete(name)
             if seq < keep_manifests_from:
                 deleted += self.store.delete(manifest_name(seq))
-        self.gc_floor = keep_manifests_from if keep_manifests_from < floor else floor
+        self.gc_floor = min(high, keep_manifests_from)
         return deleted
+
+    def _oldest_manifest(self, floor: int) -> int:
+        """The lowest manifest left below `floor` (collection deletes a prefix of the
+        sequence, so presence is monotonic: a binary search by name, no listing)."""
+        low, high = 1, floor
+        while low < high:
+            middle = (low + high) // 2
+            if self.store.head(manifest_name(middle)) is None:
+                low = middle + 1
+            else:
+                high = middle
+        return low
 
     def collect_orphans(self, now: datetime | None = None) -> int:
         """Anti-entropy only (it lists, P6): delete every state file numbered below the

@@ -171,3 +171,31 @@ def test_a_failing_delete_never_stops_compaction(spec: Spec, rules: Registry, ca
     compactor, _ = compact_in_steps(space, spec, rules, events, step=30, gc_grace_sec=0)
     assert read_tables(space, spec) == expected_tables(events, spec, rules)
     assert compactor.gc_floor == 0  # nothing was collected, and nothing broke
+
+
+def test_a_long_backlog_is_collected_in_bounded_rounds(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    """A home that never collected (hundreds of manifests) is worked off a round per
+    compaction, each reading at most GC_MANIFESTS_PER_ROUND manifests, not in one stall."""
+    from servo.compactor._compactor import GC_MANIFESTS_PER_ROUND
+
+    space = scoped(MemoryStore())
+    events = history(catalog)
+    keeper, ledger = started(space, spec, rules, merge_every=1000, gc_grace_sec=None)
+    for i in range(3 * GC_MANIFESTS_PER_ROUND):
+        append(ledger, [events[i % len(events)]])  # repeats are no-ops: idle publishes
+        keeper.compact(T0 + timedelta(seconds=2 * i))
+    keeper.merge()
+    backlog = len(space.list_prefix("manifests/0"))
+    assert backlog > 3 * GC_MANIFESTS_PER_ROUND
+
+    collector, ledger = started(space, spec, rules, merge_every=1000, gc_grace_sec=0)
+    later = datetime.now(UTC) + timedelta(seconds=1)  # the restart ages its base from now
+    collector.compact(later)
+    after_one = len(space.list_prefix("manifests/0"))
+    assert backlog - GC_MANIFESTS_PER_ROUND - 2 <= after_one < backlog  # one bounded round
+    for i in range(10):
+        collector.compact(later + timedelta(seconds=2 * (i + 1)))
+    floor = collector.gc_floor
+    assert floor > 3 * GC_MANIFESTS_PER_ROUND
+    assert all(int(n.split("/")[1][:12]) >= floor for n in space.list_prefix("manifests/0"))
+    assert read_tables(space, spec) == expected_tables(events, spec, rules)
