@@ -24,6 +24,7 @@ at named points ("after_dispatch_create", "after_timer_create").
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback
@@ -139,7 +140,6 @@ class EmbeddedEngine:
         replica: str = "embedded",
         repair_seconds: float = 10.0,
         repair_grace_sec: int = 60,
-        takeover_seconds: float = 5.0,
         push_port: int = 0,
         faults: FaultHook = _no_faults,
         gc_grace_sec: float | None = GC_GRACE_SEC,
@@ -171,8 +171,7 @@ class EmbeddedEngine:
         self.leading = False
         """Whether this replica holds the compactor epoch (folds and publishes)."""
         self._unpublished: list[str] = []
-        self._leader_seq, self._leader_seen_at = -1, 0.0
-        self.takeover_seconds = takeover_seconds
+        self._leader_fd: int | None = None  # the home's leader lock, while held
         self.repair_seconds = repair_seconds
         self.faults = faults
         self._timers_enqueued: set[str] = set()
@@ -223,16 +222,26 @@ class EmbeddedEngine:
                 self.notices.post(event_ids)  # the leader's compactor folds them
 
     def _lead(self) -> None:
-        """Take the compactor epoch (fencing any older replica) and catch up by one sweep.
+        """Take the home's leader lock and the compactor epoch (fencing any older
+        replica), and catch up by one sweep.
 
-        A replica that loses a racing start stays a follower. Caller holds the lock.
+        Only one live engine leads: the leader lock is an exclusive flock, let go when
+        its holder ends or dies. Without it two engines starting together both took an
+        epoch and both emitted intents before either saw the other (attempt ids come
+        from each one's clock, so one dispatch got two). A replica that does not get
+        the lock, or loses a racing start, stays a follower. Caller holds the lock.
         """
+        if self._leader_fd is None:
+            self._leader_fd = self.home.try_lead()
+            if self._leader_fd is None:
+                self.leading = False
+                return
         compactor = Compactor(self.store, self.spec, registry(), merge_every=64, gc_grace_sec=self.gc_grace_sec)
         self.notices.start_reading()  # the sweep below covers everything before this
         try:
             compactor.start()
         except FencedOut:
-            self.leading, self._leader_seen_at = False, time.monotonic()
+            self._step_down()
             return
         compactor.repair()  # notifications died with any previous process
         self.compactor, self.leading = compactor, True
@@ -246,18 +255,25 @@ class EmbeddedEngine:
         try:
             self.compactor.compact()
         except FencedOut:  # a newer replica leads now: hand it what we never published
-            self.leading, self._leader_seen_at = False, time.monotonic()
+            self._step_down()
             self.notices.post(self._unpublished)
             return None
         self._unpublished.clear()
         return self.compactor.caught_up_at
 
-    def _watch_leader(self, seq: int) -> None:
-        """A follower takes the epoch over once the manifest stopped moving."""
-        now = time.monotonic()
-        if seq != self._leader_seq:
-            self._leader_seq, self._leader_seen_at = seq, now
-        elif now - self._leader_seen_at > self.takeover_seconds:
+    def _step_down(self) -> None:
+        """Stop leading: follow, and let another engine take the leader lock."""
+        self.leading = False
+        if self._leader_fd is not None:
+            os.close(self._leader_fd)
+            self._leader_fd = None
+
+    def _watch_leader(self) -> None:
+        """A follower leads once the leader lock is free: the leader ended or died (the
+        OS lets go of a dead process's flock). A live leader keeps it however slow it
+        is, so two engines never emit intents at once."""
+        self._leader_fd = self.home.try_lead()
+        if self._leader_fd is not None:
             with self._lock:
                 self._lead()
 
@@ -343,7 +359,7 @@ class EmbeddedEngine:
                 self.compactor.merge()
             manifest = self.reader.refresh()
         if not self.leading:
-            self._watch_leader(manifest.seq if manifest is not None else 0)
+            self._watch_leader()
         self._view = self.reader.view()  # kept per row by the reader: O(new rows) per read
         published = datetime.fromisoformat(manifest.watermark) if manifest is not None and manifest.watermark else None
         candidates = [t for t in (caught_up, published) if t is not None]
@@ -448,6 +464,10 @@ class EmbeddedEngine:
         return run_id, False
 
     def _close_io(self) -> None:
+        if self._leader_fd is not None:  # let a follower (or the next `servo run`) lead
+            with self._lock:
+                os.close(self._leader_fd)
+                self._leader_fd = None
         if self._push is not None:
             self._push.close()
             self._push = None
@@ -478,6 +498,7 @@ class EmbeddedEngine:
         # One intent emitter, the epoch holder (ADR 010): attempt ids are minted from `now`,
         # so a follower's late duplicate with a lower id would re-pick a dispatched attempt.
         if self.leading:
+            self.faults("before_intents", run_id)
             with obs.observe(obs.RECONCILE_SECONDS, "reconcile"):
                 events = reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config)
             self._append(events)

@@ -5,6 +5,7 @@
       queue.db    the embedded durable queue (SQLite)
       secret      the tenant secret (run ids from run keys, per-attempt tokens)
       engine.lock held shared by every engine driving the home (`runs cancel` asks)
+      leader.lock held exclusively by the one engine that leads (folds, emits intents)
 """
 
 from __future__ import annotations
@@ -109,6 +110,17 @@ class Home:
             yield
         finally:
             os.close(fd)  # also releases the lock; a killed engine's goes with its process
+
+    def try_lead(self) -> int | None:
+        """An exclusive flock on `leader.lock` if no other engine holds it: the open fd
+        (close it to let go; the OS lets go when the process dies), else None."""
+        fd = os.open(self.root / "leader.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     @contextlib.contextmanager
     def unless_driven(self) -> Iterator[bool]:
