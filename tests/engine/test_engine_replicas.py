@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pytest
 from engine_audit import Audit, Crash, fan_in, queue_task_names
 
 from servo.core._registry import Registry
