@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from servo._errors import CasConflict, FencedOut, ObjectExists, ObjectNotFound, ServoError
-from servo.compactor._manifest import POINTER, Manifest, ManifestStore, manifest_name
+from servo.compactor._manifest import Manifest, ManifestStore, manifest_name
 from servo.core._registry import Registry
 from servo.core.events import format_timestamp
 from servo.core.fold import LAYER1_TABLES, Projection
@@ -317,18 +317,12 @@ class Compactor:
         self._bases = [(seq, at) for seq, at in self._bases if seq >= floor]
         return deleted
 
-    def _pointer_seq(self) -> int:
-        try:
-            return int(self.store.get(POINTER).data)
-        except (ObjectNotFound, ValueError):
-            return 0
-
     def _collect_below(self, floor: int) -> int:
         # Readers start probing at the pointer: move it past the floor before any
         # manifest below the floor goes (at most one extra pointer write per base).
-        if self._pointer_seq() < floor:
+        if self.manifests.pointer_seq() < floor:
             self._move_pointer(force=True)
-        keep_manifests_from = min(floor, self._pointer_seq())
+        keep_manifests_from = min(floor, self.manifests.pointer_seq())
         low = self.gc_floor or self._oldest_manifest(floor)
         # A bounded round, so a long backlog (a home that never collected) is worked
         # off over several compactions instead of stalling one.
@@ -376,7 +370,7 @@ class Compactor:
                 written_for = _state_seq(name)
                 if written_for is not None and written_for < floor:
                     deleted += self.store.delete(name)
-            keep_from = min(floor, self._pointer_seq())
+            keep_from = min(floor, self.manifests.pointer_seq())
             for name in self.store.list_prefix("manifests/"):
                 seq = _manifest_seq(name)
                 if seq is not None and seq < keep_from:

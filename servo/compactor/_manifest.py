@@ -95,7 +95,7 @@ class ManifestReader:
         """The newest manifest: start at the pointer hint (or the newest seq seen, if
         further: the pointer moves about once a second), probe forward by name."""
         for _ in range(3):
-            seq = max(self._hint(), self._known)
+            seq = max(self.pointer_seq(), self._known)
             if seq == 0 and self.store.head(manifest_name(1)) is None:
                 return None
             while self.store.head(manifest_name(seq + 1)) is not None:
@@ -117,7 +117,8 @@ class ManifestReader:
         """Manifest `seq` (ObjectNotFound if it was never published)."""
         return Manifest.from_json(self.store.get(manifest_name(seq)).data)
 
-    def _hint(self) -> int:
+    def pointer_seq(self) -> int:
+        """The seq the pointer names (0 if it is missing or unreadable): a hint only."""
         try:
             return int(self.store.get(POINTER).data)
         except (ObjectNotFound, ValueError):

@@ -40,6 +40,7 @@ from servo._errors import CorruptState, FencedOut, ServoError
 from servo.api import Pipeline
 from servo.compactor import GC_GRACE_SEC, Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
+    TERMINAL_RUN_STATES,
     ControllerConfig,
     CreateStatus,
     Emitter,
@@ -68,7 +69,6 @@ from servo.worker import CallbackRejected, CallbackService, Delivery, StaleAttem
 __all__ = ["EmbeddedEngine", "RunOutcome"]
 
 _LOG = logging.getLogger("servo.engine")
-TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 DISPATCH, TIMER = "dispatch", "timer"
 STRAGGLER_SECONDS = 2.0
 """How long an ended run waits for attempts that are still running (to ack them)."""
@@ -153,7 +153,7 @@ class EmbeddedEngine:
         self.catalog = Catalog(self.spec)
         self.store = home.store
         self.gc_grace_sec = gc_grace_sec
-        self.compactor = Compactor(self.store, self.spec, registry(), merge_every=64, gc_grace_sec=self.gc_grace_sec)
+        self.compactor = self._new_compactor()
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._gate = AppendGate()  # worker facts never straddle a compaction's cut
@@ -236,7 +236,7 @@ class EmbeddedEngine:
             if self._leader_fd is None:
                 self.leading = False
                 return
-        compactor = Compactor(self.store, self.spec, registry(), merge_every=64, gc_grace_sec=self.gc_grace_sec)
+        compactor = self._new_compactor()
         self.notices.start_reading()  # the sweep below covers everything before this
         try:
             compactor.start()
@@ -261,12 +261,19 @@ class EmbeddedEngine:
         self._unpublished.clear()
         return self.compactor.caught_up_at
 
-    def _step_down(self) -> None:
-        """Stop leading: follow, and let another engine take the leader lock."""
-        self.leading = False
+    def _new_compactor(self) -> Compactor:
+        return Compactor(self.store, self.spec, registry(), merge_every=64, gc_grace_sec=self.gc_grace_sec)
+
+    def _release_leader_lock(self) -> None:
+        """Let a follower (or the next `servo run`) lead. Caller holds the lock."""
         if self._leader_fd is not None:
             os.close(self._leader_fd)
             self._leader_fd = None
+
+    def _step_down(self) -> None:
+        """Stop leading: follow, and let another engine take the leader lock."""
+        self.leading = False
+        self._release_leader_lock()
 
     def _watch_leader(self) -> None:
         """A follower leads once the leader lock is free: the leader ended or died (the
@@ -396,7 +403,7 @@ class EmbeddedEngine:
                 self._wake.clear()  # before reading: an append from now on runs the loop again
                 view, watermark = self._refresh()
                 run = view.runs.get(run_id)
-                if run is not None and run.state in TERMINAL_RUN:
+                if run is not None and run.state in TERMINAL_RUN_STATES:
                     # Every task of an ended run is terminal: an attempt still running
                     # (cancelled, or timed out, while it ran) can only be refused as
                     # stale when it reports. Attempts that already reported get a
@@ -431,7 +438,7 @@ class EmbeddedEngine:
         tables = self.reader.read().tables
         for row in sorted(tables["runs"], key=lambda r: str(r["created_at"]), reverse=True):
             labels = row.get("labels") or {}
-            mine = labels.get("servo.pipeline") == self.pipeline.name and row["state"] not in TERMINAL_RUN
+            mine = labels.get("servo.pipeline") == self.pipeline.name and row["state"] not in TERMINAL_RUN_STATES
             if mine and (run_key is None or row.get("run_key") == run_key):
                 self._check_same_plan(row, tables["tasks"])
                 self._traces.resume(row)
@@ -464,10 +471,8 @@ class EmbeddedEngine:
         return run_id, False
 
     def _close_io(self) -> None:
-        if self._leader_fd is not None:  # let a follower (or the next `servo run`) lead
-            with self._lock:
-                os.close(self._leader_fd)
-                self._leader_fd = None
+        with self._lock:
+            self._release_leader_lock()
         if self._push is not None:
             self._push.close()
             self._push = None

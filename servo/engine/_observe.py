@@ -23,7 +23,13 @@ from typing import Any, Final
 
 from servo import obs
 from servo._errors import ServoError
-from servo.core.controllers import OutboxRecord, ProjectionView, TimerRecord, deterministic_ulid
+from servo.core.controllers import (
+    TERMINAL_RUN_STATES,
+    OutboxRecord,
+    ProjectionView,
+    TimerRecord,
+    deterministic_ulid,
+)
 from servo.core.events import Event
 from servo.queue import SqliteQueue
 from servo.storage import Ledger
@@ -186,7 +192,7 @@ def timer_handled(view: ProjectionView, timer: TimerRecord, events: Sequence[Eve
         return
     run = view.runs.get(timer.run_id)
     fired = any(e.event_type == "TimerFired" for e in events)
-    if run is None or not fired or run.state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+    if run is None or not fired or run.state in TERMINAL_RUN_STATES:
         return  # rescheduled (the watermark is behind), or the run ended in time
     cancel = any(e.event_type == "RunCancelRequested" for e in events)
     obs.RUN_SLA_MISSED.labels("cancel" if cancel else "alert").inc()

@@ -34,6 +34,7 @@ from servo.core.controllers._timers import (
 from servo.core.controllers._view import (
     ON_SLA_MISS_LABEL,
     SLA_LABEL,
+    TERMINAL_RUN_STATES,
     OutboxRecord,
     ProjectionView,
     RunRecord,
@@ -45,6 +46,7 @@ from servo.core.controllers._view import (
 __all__ = [
     "ON_SLA_MISS_LABEL",
     "SLA_LABEL",
+    "TERMINAL_RUN_STATES",
     "ControllerConfig",
     "CreateStatus",
     "Emitter",

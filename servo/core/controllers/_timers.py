@@ -17,7 +17,13 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from servo.core.controllers._emit import ControllerConfig, Emitter
-from servo.core.controllers._view import LIVE_TASK_STATES, ProjectionView, TaskRecord, TimerRecord
+from servo.core.controllers._view import (
+    LIVE_TASK_STATES,
+    TERMINAL_RUN_STATES,
+    ProjectionView,
+    TaskRecord,
+    TimerRecord,
+)
 from servo.core.events import Event, format_timestamp
 from servo.core.ids import (
     heartbeat_timer_id,
@@ -43,7 +49,6 @@ __all__ = [
     "timer_is_moot",
 ]
 
-TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _JITTER_BITS = 53  # a double holds 53 bits exactly: k / 2**53 < 1 for every k

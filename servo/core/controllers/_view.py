@@ -26,6 +26,7 @@ from servo.core.ids import dispatch_cloud_task_id, timer_cloud_task_id
 __all__ = [
     "ON_SLA_MISS_LABEL",
     "SLA_LABEL",
+    "TERMINAL_RUN_STATES",
     "OutboxRecord",
     "ProjectionView",
     "RunRecord",
@@ -36,6 +37,7 @@ __all__ = [
 
 TERMINAL_TASK_STATES = frozenset({"SKIPPED", "CANCELLED", "FAILED", "SUCCEEDED"})
 LIVE_TASK_STATES = frozenset({"DISPATCHED", "RUNNING"})
+TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
 @dataclass(frozen=True, slots=True)
