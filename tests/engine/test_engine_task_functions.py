@@ -128,7 +128,10 @@ def test_a_run_past_its_sla_is_cancelled_when_asked(tmp_path: Path) -> None:
 
     timers = ProjectionReader(StateView(home.store), default_spec()).read().tables["timers"]
     # Fired, or cancelled with the run (the cancel may fold first): never left scheduled.
-    assert [t["state"] in ("FIRED", "CANCELLED") for t in timers if t["timer_type"] == "SLA_CHECK"] == [True]
+    # A check delivered before the watermark reached its time rescheduled itself
+    # (INV-9), so under load there may be more than one.
+    checks = [t["state"] for t in timers if t["timer_type"] == "SLA_CHECK"]
+    assert checks and all(state in ("FIRED", "CANCELLED") for state in checks), checks
 
 
 def test_a_run_past_its_sla_is_reported_and_goes_on_by_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
