@@ -142,10 +142,13 @@ class Pipeline:
             _check_key("task name", key)
             if key in self.tasks:
                 raise PipelineError(f"pipeline {self.name!r}: task {key!r} is declared twice")
-            if max_attempts < 1:
-                raise PipelineError(f"task {key!r}: max_attempts must be >= 1")
-            if heartbeat_timeout_sec < 1:
-                raise PipelineError(f"task {key!r}: heartbeat_timeout_sec must be >= 1")
+            for what, value in (("max_attempts", max_attempts), ("heartbeat_timeout_sec", heartbeat_timeout_sec)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise PipelineError(f"task {key!r}: {what} must be an integer >= 1, not {value!r}")
+            for what, label in (("asset_key", asset_key), ("partition_key", partition_key)):
+                if label is not None and (not isinstance(label, str) or not label):
+                    raise PipelineError(f"task {key!r}: {what} must be a non-empty string, not {label!r}")
+            _check_key(f"task {key!r}: worker_queue", worker_queue)
             deps = tuple(sorted({d if isinstance(d, str) else _task_name(d) for d in depends_on}))
             for dep in deps:
                 if dep not in self.tasks:
@@ -212,5 +215,5 @@ def _task_name(fn: Callable[..., Any]) -> str:
 
 
 def _check_key(what: str, value: str) -> None:
-    if not value or len(value) > 128 or not set(value) <= _KEY_CHARS or value in (".", ".."):
+    if not isinstance(value, str) or not value or len(value) > 128 or not set(value) <= _KEY_CHARS or value in (".", ".."):
         raise PipelineError(f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'")

@@ -134,6 +134,32 @@ def test_a_run_past_its_sla_is_cancelled_when_asked(tmp_path: Path) -> None:
     assert checks and all(state in ("FIRED", "CANCELLED") for state in checks), checks
 
 
+def test_a_heartbeating_task_of_a_cancelled_run_stops_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ctx.heartbeat() raises once the attempt has ended; that is no task failure, and
+    the worker does not report a result nobody will take."""
+    import logging
+    import time
+
+    pipeline = Pipeline("late", sla_sec=1, on_sla_miss="cancel")
+    beats_after_cancel: list[float] = []
+
+    @pipeline.task()
+    def beating(ctx: TaskContext) -> None:
+        for _ in range(80):
+            ctx.heartbeat()
+            time.sleep(0.1)
+        beats_after_cancel.append(time.monotonic())  # never reached: the heartbeat raised
+
+    caplog.set_level(logging.INFO, logger="servo")
+    outcome = EmbeddedEngine(Home.open(tmp_path / "home"), pipeline, poll_seconds=0.01).run(timeout=60)
+    assert outcome.state == "CANCELLED"
+    assert beats_after_cancel == []
+    worker = [r for r in caplog.records if r.name == "servo.worker"]
+    assert not [r.getMessage() for r in worker if r.levelno >= logging.WARNING]
+    assert any("ended while running" in r.getMessage() for r in worker)
+    assert not any(r.getMessage().startswith("finished callback refused") for r in worker)
+
+
 def test_a_run_past_its_sla_is_reported_and_goes_on_by_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import logging
     import time
@@ -155,6 +181,26 @@ def test_bad_sla_settings_are_refused() -> None:
         Pipeline("bad", sla_sec=0)
     with pytest.raises(PipelineError, match="on_sla_miss"):
         Pipeline("bad", sla_sec=5, on_sla_miss="panic")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_attempts", 2.0),
+        ("max_attempts", True),
+        ("max_attempts", 0),
+        ("heartbeat_timeout_sec", 1.5),
+        ("heartbeat_timeout_sec", "60"),
+        ("worker_queue", 5),
+        ("worker_queue", "a/b"),
+        ("asset_key", ""),
+        ("partition_key", 7),
+    ],
+)
+def test_bad_task_options_are_refused_at_declaration_naming_the_task(option: str, value: object) -> None:
+    pipeline = Pipeline("p")
+    with pytest.raises(PipelineError, match=f"task 'extract'.*{option}"):
+        pipeline.task(name="extract", **{option: value})(lambda: None)
 
 
 def test_an_attempt_that_ends_before_its_submit_returns_is_not_left_running(
