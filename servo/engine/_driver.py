@@ -652,6 +652,8 @@ class EmbeddedEngine:
             began = time.perf_counter()
             try:
                 self.pipeline.call(delivery.task_key, context)
+            except StaleAttemptRejected:
+                raise  # ctx.heartbeat() found the attempt ended (cancelled, timed out): see below
             except Exception as exc:
                 _observe.task_finished(delivery, time.perf_counter() - began, exc)
                 message = f"{type(exc).__name__}: {exc}"

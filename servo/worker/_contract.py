@@ -104,8 +104,11 @@ def _observed(kind: str) -> Callable[[Callback[P]], Callback[P]]:
                     with observe(histogram, "callback"):
                         fn(self, d, *args, **kwargs)
                 except CallbackRejected as error:
+                    # A stale attempt is routine (its run was cancelled or it timed out while
+                    # it ran); anything else refused (a forged token) is worth a warning.
+                    level = logging.INFO if isinstance(error, StaleAttemptRejected) else logging.WARNING
                     extra = {"component": "callback", "error_type": type(error).__name__}
-                    _log.warning("%s callback refused: %s", kind, error, extra=extra)
+                    _log.log(level, "%s callback refused: %s", kind, error, extra=extra)
                     raise
                 except Exception as error:
                     extra = {"component": "callback", "error_type": type(error).__name__}
@@ -139,7 +142,12 @@ class CallbackService:
         if current is None:
             raise StaleAttemptRejected(f"unknown task {d.run_id}/{d.task_key}")
         attempt_id, attempt, state = current
-        if attempt_id != d.attempt_id or attempt != d.attempt or state not in _LIVE:
+        if attempt_id == d.attempt_id and attempt == d.attempt and state not in _LIVE:
+            raise StaleAttemptRejected(
+                f"attempt {d.attempt} ({d.attempt_id}) of {d.run_id}/{d.task_key} has already ended "
+                f"(task {state})"
+            )
+        if attempt_id != d.attempt_id or attempt != d.attempt:
             raise StaleAttemptRejected(
                 f"attempt {d.attempt} ({d.attempt_id}) of {d.run_id}/{d.task_key} is not current "
                 f"(current: attempt {attempt} ({attempt_id}), task {state})"

@@ -220,6 +220,11 @@ class HttpWorker:
             if delivery.task_key not in self.pipeline.tasks:
                 raise LookupError(f"task {delivery.task_key!r} is not in pipeline {self.pipeline.name!r}")
             self.pipeline.call(delivery.task_key, _RemoteContext(self, base, delivery, worker_id))
+        except StaleAttemptRejected as exc:  # a heartbeat found the attempt ended (cancelled, timed out)
+            log.info("attempt %s of task %s ended while running; result discarded: %s", delivery.attempt_id, delivery.task_key, exc)
+            self.queue.ack(lease)
+            self.handled += 1
+            return
         except Exception as exc:
             outcome, error = "FAILED", _describe(exc)
         extra: dict[str, Any] = {"outcome": outcome}

@@ -58,6 +58,9 @@ def test_an_old_attempt_after_a_retry_gets_409_with_a_clear_message(api: httpx.C
     assert api.post("/v1/callbacks/finished", json=failed, headers=first["headers"]).status_code == 200
     stage.compact()
     assert stage.tasks()["t"]["state"] == "RETRY_WAIT"
+    ended = api.post("/v1/callbacks/heartbeat", **first)
+    assert ended.status_code == 409
+    assert "attempt 1" in ended.json()["detail"] and "has already ended (task RETRY_WAIT)" in ended.json()["detail"]
     second = stage.retry("run_1", "t", 1)
     before = set(_ledger_types(stage))
     stale = api.post("/v1/callbacks/heartbeat", **first)
