@@ -2,8 +2,13 @@
 
 Layout under ``root``::
 
-    objects/<name>      one file per object: a 36-byte header holding the
-                        generation, then the object's bytes
+    objects/<name>      one file per object. A create-only object is its bytes and
+                        nothing else (a ledger file is exactly one JSON envelope, a
+                        state file is Parquet); its generation is the file's mtime in
+                        microseconds. An object written by compare-and-swap (the
+                        manifest pointer, the compactor epoch), or whose bytes begin
+                        like a header, is a 36-byte header holding its generation,
+                        then its bytes (ADR 018)
     tmp/                files being written (same filesystem, so link/rename work)
     locks/<sha256>.lock one flock file per object that was ever compare-and-swapped
 
@@ -15,8 +20,9 @@ Why it is safe:
 * Compare-and-swap: under an exclusive ``fcntl.flock`` on the object's lock
   file — which excludes other threads *and* other processes, e.g. two racing
   compactors — read the current generation, write a temp file and
-  ``os.replace`` it over the object. Generation and bytes live in one file, so
-  one rename publishes both.
+  ``os.replace`` it over the object. Generation and bytes live in one inode
+  (the header, or the mtime of a file that was never replaced), so one rename
+  publishes both.
 * Readers take no lock: they open one inode, which a writer never modifies.
 
 Limits: POSIX only (``fcntl``). A name cannot be both an object and a
@@ -52,6 +58,11 @@ _STALE_TMP_SECONDS: Final = 3600.0
 
 def _header(generation: int) -> bytes:
     return _MAGIC + b"%020d\n" % generation
+
+
+def _mtime_generation(fd: int) -> int:
+    """The generation of a plain (headerless) object file: its mtime in microseconds."""
+    return max(1, os.fstat(fd).st_mtime_ns // 1000)
 
 
 def _sync(path: Path) -> None:
@@ -133,6 +144,8 @@ class LocalStore:
             try:
                 with open(path, "rb") as file:
                     raw = file.read(_HEADER_LENGTH if header_only else -1)
+                    if not raw.startswith(_MAGIC):  # a plain file: its bytes, mtime generation
+                        return StoredObject(b"" if header_only else raw, _mtime_generation(file.fileno()))
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
         digits = raw[len(_MAGIC) : _HEADER_LENGTH - 1]
@@ -182,19 +195,27 @@ class LocalStore:
 
     # -- writing ------------------------------------------------------------
 
-    def _write_tmp(self, generation: int, data: bytes, *, sync: bool = True) -> Path:
-        """Write header + data to a fresh temp file and (unless told not to) fsync it."""
+    def _write_tmp(self, data: bytes, generation: int | None = None, *, sync: bool = True) -> tuple[int, Path]:
+        """Write the object to a fresh temp file and (unless told not to) fsync it;
+        return its generation and path. With `generation` (compare-and-swap), or when
+        the bytes begin like a header, the file is header + bytes; otherwise it is the
+        bytes alone and the generation is its mtime."""
         path = self._tmp / f"{uuid.uuid4().hex}.tmp"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
+            if generation is None and data.startswith(_MAGIC):
+                generation = time.time_ns() // 1000
             with os.fdopen(fd, "wb", closefd=False) as file:
-                file.write(_header(generation))
+                if generation is not None:
+                    file.write(_header(generation))
                 file.write(data)
             if sync:
                 os.fsync(fd)
+            if generation is None:
+                generation = _mtime_generation(fd)
         finally:
             os.close(fd)
-        return path
+        return generation, path
 
     def _make_parents(self, path: Path) -> set[Path]:
         """Create missing parent directories; return the directories whose entries changed."""
@@ -218,8 +239,7 @@ class LocalStore:
         path = self._path(name)
         with _storage_errors(name):
             if written is None:
-                generation = time.time_ns() // 1000
-                tmp = self._write_tmp(generation, data)
+                generation, tmp = self._write_tmp(data)
             else:
                 generation, tmp = written
             try:
@@ -263,7 +283,7 @@ class LocalStore:
                 raise cas_conflict(name, current, generation)
             new_generation = max(current + 1, time.time_ns() // 1000)
             with _storage_errors(name):
-                tmp = self._write_tmp(new_generation, data)
+                _, tmp = self._write_tmp(data, new_generation)
                 try:
                     os.replace(tmp, path)
                 except BaseException:
@@ -285,13 +305,12 @@ class LocalStore:
         created: list[bool] = []
         conflicting: list[str] = []
         dirty: set[Path] = set()
-        generation = time.time_ns() // 1000
         with _storage_errors(self.root.as_posix()):
-            temps = [self._write_tmp(generation, data, sync=False) for _, data in items]
-            _fsync_files(temps)
-        for (name, data), tmp in zip(items, temps, strict=True):
+            temps = [self._write_tmp(data, sync=False) for _, data in items]
+            _fsync_files([tmp for _, tmp in temps])
+        for (name, data), written in zip(items, temps, strict=True):
             try:
-                _, touched = self._create(name, data, (generation, tmp))
+                _, touched = self._create(name, data, written)
             except ObjectExists:
                 if self.get(name).data != data:
                     conflicting.append(name)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from servo.core._registry import Registry
 from servo.core.fold import fold_lines
+from servo.core.ids import ulid_timestamp
 from servo.engine import Home
 from servo.spec import Spec
 from servo.storage import Ledger
@@ -57,6 +58,13 @@ def test_example_pipeline_retries_skips_and_reports_failure(tmp_path: Path, spec
     assert {t["task_key"]: t["state"] for t in refolded["tasks"]} == {k: v[0] for k, v in states.items()}
     listed = servo("runs", "list", "--home", str(home), "--json")
     assert [r["state"] for r in json.loads(listed.stdout)] == ["FAILED"]
+    # SPEC §3/§6: each ledger file on disk is exactly one envelope, named by its event_id.
+    files = sorted(home.glob("**/ledger/orchestration/*/*.json"))
+    assert len(files) == len(ledger_lines(home)) > 10
+    for file in files:
+        envelope = json.loads(file.read_bytes())
+        assert envelope["event_id"] == file.stem
+        assert file.parent.name == ulid_timestamp(file.stem).strftime("%Y-%m-%d")
 
 
 def test_missing_or_bad_pipeline_files_are_clear_errors(tmp_path: Path) -> None:
