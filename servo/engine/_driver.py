@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from servo import obs
 from servo._errors import CorruptState, FencedOut, ServoError
@@ -64,12 +64,19 @@ from servo.engine._push import PushEndpoint
 from servo.queue import HeldLeases, NewTask, SqliteQueue, TaskQueue, create_all
 from servo.queue._protocol import Lease
 from servo.storage import EventConflict, Ledger
-from servo.worker import CallbackRejected, CallbackService, Delivery, StaleAttemptRejected
+from servo.worker import (
+    DISPATCH,
+    CallbackRejected,
+    CallbackService,
+    Delivery,
+    StaleAttemptRejected,
+    dispatch_target,
+)
 
 __all__ = ["EmbeddedEngine", "RunOutcome"]
 
 _LOG = logging.getLogger("servo.engine")
-DISPATCH, TIMER = "dispatch", "timer"
+TIMER: Final = "timer"
 STRAGGLER_SECONDS = 2.0
 """How long an ended run waits for attempts that are still running (to ack them)."""
 QUIET_EVENTS = frozenset({"TaskStarted", "TaskHeartbeat", "TimerRequested", "DispatchEnqueued"})
@@ -520,8 +527,10 @@ class EmbeddedEngine:
             for t in view.timers.values()
             if t.state == "SCHEDULED" and t.run_id == run_id and t.timer_id not in self._timers_enqueued
         ]
+        deliveries = [self._delivery(row, view) for row in rows]
         creates: list[NewTask] = [
-            (row.cloud_task_id, self._target(DISPATCH), self._delivery(row).to_json(), now) for row in rows
+            (row.cloud_task_id, self._target(dispatch_target(d.pipeline)), d.to_json(), now)
+            for row, d in zip(rows, deliveries, strict=True)
         ]
         creates += [(t.cloud_task_id, self._target(TIMER), t.timer_id.encode(), t.fire_at) for t in timers]
 
@@ -544,12 +553,15 @@ class EmbeddedEngine:
             return  # pushed to _on_push
         if self._held is not None:
             self._held.keep(now)
-        only = TIMER if self.callback_base is not None else None  # dispatches are for `servo worker`
+        # Timers, and the dispatches of this pipeline's runs (all for `servo worker` if
+        # external): another pipeline's attempts are for an engine or worker running its code.
+        only = (TIMER,) if self.callback_base is not None else (TIMER, DISPATCH, dispatch_target(self.pipeline.name))
         for lease in self._leasing.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
             self._deliver(lease, view, watermark, now, pool)
         _observe.observe_queue_depth(self._leasing, now)
 
-    def _delivery(self, row: OutboxRecord) -> Delivery:
+    def _delivery(self, row: OutboxRecord, view: ProjectionView) -> Delivery:
+        run = view.runs.get(row.run_id)
         return Delivery(
             tenant=self.home.tenant,
             workspace=self.home.workspace,
@@ -560,10 +572,24 @@ class EmbeddedEngine:
             token=self.callbacks.token_for(row.run_id, row.task_key, row.attempt_id),
             callback_base=self.callback_base or "",
             traceparent=self._traces.delivery(row),
+            pipeline=None if run is None else run.pipeline,
         )
 
     def _target(self, kind: str) -> str:
-        return f"{self._push.url}/{kind}" if self._push is not None else kind
+        if self._push is not None:  # a URL of this engine's push endpoint
+            return f"{self._push.url}/{DISPATCH if kind.startswith(DISPATCH) else kind}"
+        return kind
+
+    def _runs_here(self, view: ProjectionView, payload: bytes) -> bool:
+        """Whether this engine's pipeline may run a delivered attempt: a home holds the
+        runs of every pipeline run in it, and only a run's own pipeline has its code."""
+        try:
+            delivery = Delivery.from_json(payload)
+        except CallbackRejected:
+            return True  # the contract refuses it
+        run = view.runs.get(delivery.run_id)
+        pipeline = delivery.pipeline or (None if run is None else run.pipeline)
+        return pipeline is None or pipeline == self.pipeline.name
 
     @staticmethod
     def _knows(view: ProjectionView, payload: bytes) -> bool:
@@ -590,7 +616,7 @@ class EmbeddedEngine:
             return 200
         if kind != DISPATCH:
             return 404
-        if not self._knows(view, body):
+        if not self._knows(view, body) or not self._runs_here(view, body):
             return 503
         self._attempt(Delivery.from_json(body), f"push:{self.replica}")
         return 200
@@ -613,6 +639,9 @@ class EmbeddedEngine:
             return
         if not self._knows(view, task.payload):
             self._nack(lease, now + timedelta(seconds=0.1))
+            return
+        if not self._runs_here(view, task.payload):  # another pipeline's (an older queue row)
+            self._nack(lease, now + timedelta(seconds=5))
             return
         if self._held is not None:
             self._held.hold(lease)

@@ -263,12 +263,18 @@ class SqliteQueue:
 
     @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "lease"), "queue")
     def lease(
-        self, now: datetime, max_tasks: int = 1, lease_seconds: float = 60.0, *, target: str | None = None
+        self,
+        now: datetime,
+        max_tasks: int = 1,
+        lease_seconds: float = 60.0,
+        *,
+        target: str | Sequence[str] | None = None,
     ) -> list[Lease]:
         """See ``LeasingQueue.lease``: the earliest-due tasks, each under a fresh token.
 
-        ``target`` leases only tasks for that target, so processes sharing one queue
-        file can split the work (the engine takes timers, ``servo worker`` dispatches).
+        ``target`` (one, or any of several) leases only tasks for those targets, so
+        processes sharing one queue file can split the work (the engine takes timers,
+        ``servo worker`` dispatches; each only its own pipeline's).
         """
         if max_tasks < 1 or lease_seconds <= 0:
             raise ValueError("lease needs max_tasks >= 1 and lease_seconds > 0")
@@ -276,14 +282,17 @@ class SqliteQueue:
         expires_at = require_aware(now, "now") + timedelta(seconds=lease_seconds)
         expires_us = _micros(expires_at)
         leases: list[Lease] = []
+        targets = [] if target is None else [target] if isinstance(target, str) else list(target)
+        if target is not None and not targets:
+            return leases
         with self._transaction() as db:
-            only = "" if target is None else " AND target = ?"
+            only = "" if target is None else f" AND target IN ({', '.join('?' * len(targets))})"
             rows = db.execute(
                 "SELECT name, target, payload, schedule_at, attempts FROM tasks"
                 f" WHERE state = 'pending' AND due_at <= ?{only} ORDER BY due_at, name LIMIT ?",
-                (now_us, max_tasks) if target is None else (now_us, target, max_tasks),
+                (now_us, *targets, max_tasks),
             ).fetchall()
-            for name, target, payload, schedule_at, attempts in rows:
+            for name, row_target, payload, schedule_at, attempts in rows:
                 token = uuid.uuid4().hex
                 db.execute(
                     "UPDATE tasks SET due_at = ?, attempts = attempts + 1, lease_token = ?"
@@ -291,7 +300,7 @@ class SqliteQueue:
                     (expires_us, token, name),
                 )
                 task = QueuedTask(
-                    name, target, bytes(payload), _from_micros(schedule_at), attempts + 1
+                    name, row_target, bytes(payload), _from_micros(schedule_at), attempts + 1
                 )
                 leases.append(Lease(task, token, expires_at))
         return leases

@@ -6,18 +6,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from servo.worker._contract import (
+    DISPATCH,
     CallbackRejected,
     CallbackService,
     Delivery,
     ForgedCallback,
     StaleAttemptRejected,
     attempt_token,
+    dispatch_target,
 )
 
 if TYPE_CHECKING:
     from servo.worker._http import HttpWorker, ServerUnreachable
 
 __all__ = [
+    "DISPATCH",
     "CallbackRejected",
     "CallbackService",
     "Delivery",
@@ -26,6 +29,7 @@ __all__ = [
     "ServerUnreachable",
     "StaleAttemptRejected",
     "attempt_token",
+    "dispatch_target",
 ]
 
 _LAZY = frozenset({"HttpWorker", "ServerUnreachable"})

@@ -25,13 +25,24 @@ from servo._errors import ServoError, StaleAttempt
 from servo.obs import CALLBACK_SECONDS, log_context, observe, trace_id_of
 
 __all__ = [
+    "DISPATCH",
     "CallbackRejected",
     "CallbackService",
     "Delivery",
     "ForgedCallback",
     "StaleAttemptRejected",
     "attempt_token",
+    "dispatch_target",
 ]
+
+DISPATCH: Final = "dispatch"
+
+
+def dispatch_target(pipeline: str | None) -> str:
+    """The queue target of a dispatch: `dispatch/{pipeline}` for a run of a declared
+    pipeline, so engines and workers sharing one queue lease only their own pipeline's
+    attempts; plain `dispatch` for a run that names none."""
+    return DISPATCH if pipeline is None else f"{DISPATCH}/{pipeline}"
 
 
 class CallbackRejected(ServoError):
@@ -65,6 +76,13 @@ class Delivery:
     token: str
     callback_base: str = ""
     traceparent: str | None = None
+    pipeline: str | None = None
+    """The run's pipeline (its `servo.pipeline` label): only that pipeline's code may run
+    the attempt. None for a run that names none (and for deliveries made before it)."""
+
+    def runs_on(self, pipeline: str) -> bool:
+        """Whether a worker of `pipeline` may run this attempt."""
+        return self.pipeline is None or self.pipeline == pipeline
 
     def to_json(self) -> bytes:
         """The queue payload bytes."""

@@ -31,12 +31,18 @@ import httpx
 from servo._errors import ServoError
 from servo.api import Pipeline
 from servo.queue import HeldLeases, Lease, SqliteQueue
-from servo.worker._contract import CallbackRejected, Delivery, ForgedCallback, StaleAttemptRejected
+from servo.worker._contract import (
+    DISPATCH,
+    CallbackRejected,
+    Delivery,
+    ForgedCallback,
+    StaleAttemptRejected,
+    dispatch_target,
+)
 
 __all__ = ["HttpWorker", "ServerUnreachable"]
 
 log = logging.getLogger("servo.worker")
-DISPATCH = "dispatch"
 
 
 class ServerUnreachable(ServoError):
@@ -166,7 +172,8 @@ class HttpWorker:
                     free = self.concurrency - len(self._running)
                 now = datetime.now(UTC)
                 self._held.keep(now)
-                leases = self.queue.lease(now, max_tasks=free, lease_seconds=self.lease_seconds, target=DISPATCH) if free else []
+                mine = (DISPATCH, dispatch_target(self.pipeline.name))  # not another pipeline's attempts
+                leases = self.queue.lease(now, max_tasks=free, lease_seconds=self.lease_seconds, target=mine) if free else []
                 for lease in leases:
                     with self._lock:
                         if lease.task.name in self._running:
@@ -204,6 +211,9 @@ class HttpWorker:
         except CallbackRejected as exc:
             log.error("dropping queue task %s: %s", lease.task.name, exc)
             self.queue.ack(lease)
+            return
+        if not delivery.runs_on(self.pipeline.name):  # an older queue row of another pipeline
+            self.queue.nack(lease, datetime.now(UTC) + timedelta(seconds=5))
             return
         base = self.server or delivery.callback_base
         if not base:

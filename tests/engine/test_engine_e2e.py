@@ -164,3 +164,45 @@ def test_a_pipeline_file_that_exits_while_loading_is_a_clear_error(tmp_path: Pat
     result = servo("run", str(bad), "--home", str(tmp_path / "h"))
     assert result.returncode == 2 and "failed to load: SystemExit: no config" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_engine_never_runs_or_fails_the_tasks_of_another_pipelines_run(tmp_path: Path) -> None:
+    """Two pipelines share the default home (./.servo): `servo run y.py` after a killed
+    `servo run x.py` must leave x's run to x, even where both declare a task `a`; the
+    next `servo run x.py` resumes it and runs x's own code."""
+    home, marks = tmp_path / ".servo", tmp_path / "marks"
+    marks.mkdir()
+    x, y = tmp_path / "x.py", tmp_path / "y.py"
+    x.write_text(
+        "import time\nfrom pathlib import Path\nfrom servo.api import Pipeline\n"
+        "pipeline = Pipeline('x')\n"
+        "@pipeline.task(heartbeat_timeout_sec=60)\n"
+        f"def a(ctx):\n    Path({str(marks)!r}, 'x.a.' + str(ctx.attempt)).touch()\n    time.sleep(2.5)\n"
+        "@pipeline.task(depends_on=[a])\n"
+        f"def b(ctx):\n    Path({str(marks)!r}, 'x.b').touch()\n"
+    )
+    y.write_text(
+        "import time\nfrom pathlib import Path\nfrom servo.api import Pipeline\n"
+        "pipeline = Pipeline('y')\n"
+        f"@pipeline.task\ndef a(ctx):\n    Path({str(marks)!r}, 'y.a.' + ctx.run_id).touch()\n"
+        "@pipeline.task\ndef slow():\n    time.sleep(9)\n"  # outlives the killed engine's 5 s leases
+    )
+    command = [sys.executable, "-m", "servo.cli", "run", str(x), "--home", str(home), "--json"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (marks / "x.a.1").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    other = servo("run", str(y), "--home", str(home), "--json")
+    assert other.returncode == 0, other.stderr
+    y_run = json.loads(other.stdout)["run"]["run_id"]
+    assert sorted(p.name for p in marks.iterdir()) == ["x.a.1", f"y.a.{y_run}"]  # y ran only its own run
+    assert "not declared in pipeline" not in other.stderr
+    runs = {r["labels"]["servo.pipeline"]: r["state"] for r in json.loads(servo("runs", "list", "--home", str(home), "--json").stdout)}
+    assert runs == {"x": "RUNNING", "y": "SUCCEEDED"}
+    resumed = servo("run", str(x), "--home", str(home), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    body = json.loads(resumed.stdout)
+    assert body["run"]["state"] == "SUCCEEDED"
+    assert (marks / "x.b").exists()

@@ -31,5 +31,5 @@ def test_a_task_longer_than_its_lease_runs_once_and_is_acked(tmp_path: Path) -> 
     assert outcome.state == "SUCCEEDED"
     assert len(runs) == 1
     with sqlite3.connect(home.queue_path) as db:
-        rows = db.execute("SELECT state, attempts FROM tasks WHERE target = 'dispatch'").fetchall()
+        rows = db.execute("SELECT state, attempts FROM tasks WHERE target = 'dispatch/long'").fetchall()
     assert rows == [("done", 1)]

@@ -67,7 +67,7 @@ def _external_worker(home: Home, stop: threading.Event, *, notify: bool) -> None
     service = CallbackService(home.secret, home.tenant, home.workspace, lookup, append)
     queue = SqliteQueue(home.queue_path)
     while not stop.is_set():
-        for lease in queue.lease(datetime.now(UTC), max_tasks=4, target="dispatch"):
+        for lease in queue.lease(datetime.now(UTC), max_tasks=4, target="dispatch/ext"):
             delivery = Delivery.from_json(lease.task.payload)
             assert delivery.callback_base == "http://example.invalid"
             for _ in range(100):  # the projection may lag the dispatch a little

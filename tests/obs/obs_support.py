@@ -77,7 +77,7 @@ def run_observed(home: Path) -> ObservedRun:
     create = engine.queue.create_tasks
 
     def spy(items: Sequence[NewTask]) -> list[bool]:
-        deliveries.extend(Delivery.from_json(payload) for _, target, payload, _ in items if target == "dispatch")
+        deliveries.extend(Delivery.from_json(payload) for _, target, payload, _ in items if target.startswith("dispatch"))
         return create(items)
 
     engine.queue.create_tasks = spy  # type: ignore[method-assign]

@@ -15,14 +15,16 @@ from servo.queue import SqliteQueue
 from servo.worker import Delivery, HttpWorker
 
 
-def _enqueue(home: Home, name: str, call: dict[str, object], base: str = "") -> None:
+def _enqueue(
+    home: Home, name: str, call: dict[str, object], base: str = "", pipeline: str | None = None, target: str = "dispatch"
+) -> None:
     body = call["json"]
     assert isinstance(body, dict)
     token = str(call["headers"]["Authorization"]).removeprefix("Bearer ")  # type: ignore[index]
     fields = {k: body[k] for k in ("tenant", "workspace", "run_id", "task_key", "attempt", "attempt_id")}
-    delivery = Delivery(**fields, token=token, callback_base=base)
+    delivery = Delivery(**fields, token=token, callback_base=base, pipeline=pipeline)
     with SqliteQueue(home.queue_path) as queue:
-        queue.create_task(name, "dispatch", delivery.to_json(), datetime.now(UTC))
+        queue.create_task(name, target, delivery.to_json(), datetime.now(UTC))
 
 
 def _pipeline(ran: list[str]) -> Pipeline:
@@ -96,3 +98,22 @@ def test_two_workers_never_both_run_an_attempt_that_outlives_its_lease(home: Hom
         assert queue.depth() == 0
     stage.compact()
     assert stage.tasks()["a"]["state"] == "SUCCEEDED"
+
+
+def test_the_worker_runs_only_its_own_pipelines_attempts(home: Home, stage: Stage) -> None:
+    """A home's queue holds every pipeline's dispatches: a worker of pipeline "p" leaves
+    another pipeline's attempt alone (its own target is never leased; an older plain
+    "dispatch" row naming the other pipeline is released, not run)."""
+    stage.start_run("run_1", TaskDef("a"))
+    call = stage.dispatch("run_1", "a", 1)
+    ran: list[str] = []
+    with serving(create_app(home, lag_wait_seconds=0.5)) as url:
+        _enqueue(home, "d_other_target", call, base=url, pipeline="other", target="dispatch/other")
+        _enqueue(home, "d_other_old", call, base=url, pipeline="other")
+        worker = HttpWorker(home.queue_path, _pipeline(ran), concurrency=2)
+        handled = worker.run(threading.Event(), idle_exit=0.5)
+    assert handled == 0 and ran == []
+    with SqliteQueue(home.queue_path) as queue:
+        assert queue.depth() == 2  # both still there for pipeline "other"
+    stage.compact()
+    assert stage.tasks()["a"]["state"] == "DISPATCHED"

@@ -82,21 +82,37 @@ class RunRecord:
     created_at: datetime | None = None
     sla_sec: float | None = None
     cancel_on_sla_miss: bool = False
+    pipeline: str | None = None
+    """The `servo.pipeline` label: which declared pipeline's code runs its tasks."""
 
 
 SLA_LABEL = "servo.sla_sec"
 ON_SLA_MISS_LABEL = "servo.on_sla_miss"
+PIPELINE_LABEL = "servo.pipeline"
+
+
+def _label_map(labels: object) -> Mapping[str, Any] | None:
+    """A run's labels as a mapping (a dict, or the JSON text a Parquet row holds)."""
+    if isinstance(labels, str):
+        try:
+            labels = json.loads(labels)
+        except ValueError:
+            return None
+    return labels if isinstance(labels, Mapping) else None
+
+
+def run_pipeline(labels: object) -> str | None:
+    """The pipeline a run belongs to (its `servo.pipeline` label), if it names one."""
+    found = _label_map(labels)
+    name = None if found is None else found.get(PIPELINE_LABEL)
+    return name if isinstance(name, str) and name else None
 
 
 def run_sla(labels: object) -> tuple[float | None, bool]:
     """(sla seconds or None, cancel on a miss) from a run's labels (a dict, or the JSON
     text a Parquet row holds). A malformed or non-positive SLA is no SLA."""
-    if isinstance(labels, str):
-        try:
-            labels = json.loads(labels)
-        except ValueError:
-            return None, False
-    if not isinstance(labels, Mapping):
+    labels = _label_map(labels)
+    if labels is None:
         return None, False
     try:
         sla: float | None = float(labels[SLA_LABEL]) if SLA_LABEL in labels else None
@@ -250,7 +266,10 @@ class ProjectionView:
             )
         if table == "runs":
             created = _ts(r.get("created_at"), "created_at")
-            return RunRecord(r["run_id"], r["plan_id"], r["state"], r["row_version"], created, *run_sla(r.get("labels")))
+            labels = r.get("labels")
+            return RunRecord(
+                r["run_id"], r["plan_id"], r["state"], r["row_version"], created, *run_sla(labels), run_pipeline(labels)
+            )
         if table == "dispatch_outbox":
             return OutboxRecord(
                 dispatch_id=r["dispatch_id"],
@@ -327,7 +346,10 @@ class ProjectionView:
             if part.run is not None:
                 run = part.run
                 runs.append(
-                    RunRecord(run.run_id, run.plan_id, run.state, run.row_version, run.created_at, *run_sla(run.labels))
+                    RunRecord(
+                        run.run_id, run.plan_id, run.state, run.row_version, run.created_at,
+                        *run_sla(run.labels), run_pipeline(run.labels),
+                    )
                 )
             for t in part.tasks.values():
                 tasks.append(
