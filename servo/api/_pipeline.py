@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from servo._errors import ServoError
-from servo.core.controllers import ON_SLA_MISS_LABEL, SLA_LABEL
+from servo.core.controllers import ON_SLA_MISS_LABEL, RETRY_LABEL, SLA_LABEL
 
 __all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskExited", "TaskSpec"]
 
@@ -61,6 +63,11 @@ class RetryPolicy:
     base_sec: float = 1.0
     factor: float = 2.0
     cap_sec: float = 300.0
+
+    def __post_init__(self) -> None:
+        for what, value, least in (("base_sec", self.base_sec, 0.0), ("factor", self.factor, 1.0), ("cap_sec", self.cap_sec, 0.0)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < least:
+                raise PipelineError(f"RetryPolicy: {what} must be a finite number >= {least:g}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,11 @@ class Pipeline:
         if self.sla_sec is not None:
             labels[SLA_LABEL] = f"{self.sla_sec:g}"
             labels[ON_SLA_MISS_LABEL] = self.on_sla_miss
+        # Each task's own retry policy travels with the run: the controllers of whichever
+        # engine leads the home read it from the projection (P5), not from this process.
+        own = {k: [t.retry.base_sec, t.retry.factor, t.retry.cap_sec] for k, t in self.tasks.items() if t.retry != RetryPolicy()}
+        if own:
+            labels[RETRY_LABEL] = json.dumps(own, sort_keys=True, separators=(",", ":"))
         return labels
 
     def task(

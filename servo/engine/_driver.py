@@ -182,13 +182,9 @@ class EmbeddedEngine:
         self.repair_seconds = repair_seconds
         self.faults = faults
         self._timers_enqueued: set[str] = set()
-        policy = min((t.retry for t in pipeline.tasks.values()), key=lambda r: r.base_sec)
         self.config = ControllerConfig(
             catalog=self.catalog,
             source=replica,
-            retry_base_sec=policy.base_sec,
-            retry_factor=policy.factor,
-            retry_cap_sec=policy.cap_sec,
             repair_grace_sec=repair_grace_sec,
             # Dispatch no more than the workers can start soon: an attempt's heartbeat
             # clock starts at dispatch, so a deep queue would time attempts out unrun.

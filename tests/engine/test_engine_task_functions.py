@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from servo.api import Pipeline, PipelineError, TaskContext
+from servo.api import Pipeline, PipelineError, RetryPolicy, TaskContext
 from servo.engine import EmbeddedEngine, Home
 
 
@@ -243,3 +243,56 @@ def test_an_attempt_that_ends_before_its_submit_returns_is_not_left_running(
     engine = EmbeddedEngine(Home.open(tmp_path / "home"), pipeline, poll_seconds=0.01)
     assert engine.run(timeout=30).state == "SUCCEEDED"
     assert engine._running == {}
+
+
+def test_each_task_retries_with_its_own_policy(tmp_path: Path) -> None:
+    """RetryPolicy is per task: a task asking for a 3 s backoff waits ~3 s (jittered to
+    [1.5, 3] s) even beside a task retrying after 0.1 s, and the policy travels with the
+    run (its labels), so any engine that leads the home applies it."""
+    import json
+
+    from servo.core.events import parse_timestamp
+    from servo.storage import Ledger
+
+    pipeline = Pipeline("backoff")
+
+    @pipeline.task(max_attempts=2, retry=RetryPolicy(base_sec=3, factor=1, cap_sec=3))
+    def patient(ctx: TaskContext) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("busy")
+
+    @pipeline.task(max_attempts=2, retry=RetryPolicy(base_sec=0.1, cap_sec=0.1))
+    def eager(ctx: TaskContext) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("busy")
+
+    assert json.loads(pipeline.run_labels()["servo.retry"]) == {"eager": [0.1, 2.0, 0.1], "patient": [3.0, 1.0, 3.0]}
+    home = Home.open(tmp_path / "home")
+    outcome = EmbeddedEngine(home, pipeline, poll_seconds=0.01).run(timeout=60)
+    assert outcome.state == "SUCCEEDED"
+    ledger = Ledger(home.store)
+    timers = {}
+    for name in ledger.list_event_names():
+        event = json.loads(ledger.read(name.rsplit("/", 1)[1].removesuffix(".json")))
+        if event["event_type"] == "TimerRequested" and event["data"]["timer_type"] == "RETRY":
+            timers[event["data"]["task_key"]] = event
+    finished = {t["task_key"]: t for t in outcome.tasks}
+    assert set(timers) == {"patient", "eager"}
+    assert finished["patient"]["attempt"] == finished["eager"]["attempt"] == 2
+
+    def delay(key: str) -> float:
+        """fire_at minus the retry request's time (which follows the failure within a loop)."""
+        event = timers[key]
+        fire_at = parse_timestamp(event["data"]["fire_at"], "fire_at")
+        return (fire_at - parse_timestamp(event["occurred_at"], "occurred_at")).total_seconds()
+
+    assert 1.2 <= delay("patient") <= 3.0
+    assert delay("eager") <= 0.1
+
+
+@pytest.mark.parametrize(
+    "options", [{"base_sec": -1}, {"factor": 0.5}, {"cap_sec": float("inf")}, {"base_sec": float("nan")}, {"factor": "2"}]
+)
+def test_bad_retry_policies_are_refused(options: dict[str, object]) -> None:
+    with pytest.raises(PipelineError, match="RetryPolicy"):
+        RetryPolicy(**options)  # type: ignore[arg-type]

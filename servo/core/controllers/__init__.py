@@ -33,6 +33,7 @@ from servo.core.controllers._timers import (
 )
 from servo.core.controllers._view import (
     ON_SLA_MISS_LABEL,
+    RETRY_LABEL,
     SLA_LABEL,
     TERMINAL_RUN_STATES,
     OutboxRecord,
@@ -45,6 +46,7 @@ from servo.core.controllers._view import (
 
 __all__ = [
     "ON_SLA_MISS_LABEL",
+    "RETRY_LABEL",
     "SLA_LABEL",
     "TERMINAL_RUN_STATES",
     "ControllerConfig",

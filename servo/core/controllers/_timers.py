@@ -21,6 +21,7 @@ from servo.core.controllers._view import (
     LIVE_TASK_STATES,
     TERMINAL_RUN_STATES,
     ProjectionView,
+    RunRecord,
     TaskRecord,
     TimerRecord,
 )
@@ -65,13 +66,16 @@ def derived_jitter(run_id: str, task_key: str, attempt: int) -> float:
     return (int.from_bytes(digest[:8], "big") >> (64 - _JITTER_BITS)) / float(2**_JITTER_BITS)
 
 
-def retry_delay(task: TaskRecord, config: ControllerConfig) -> timedelta:
-    """Backoff after the task's current (failed) attempt, capped, jittered, in ms."""
+def retry_delay(task: TaskRecord, config: ControllerConfig, run: RunRecord | None = None) -> timedelta:
+    """Backoff after the task's current (failed) attempt, capped, jittered, in ms: by the
+    task's own policy from its run's labels, else the config's."""
+    own = None if run is None else run.retry_policy(task.task_key)
+    base_sec, factor, cap_sec = own or (config.retry_base_sec, config.retry_factor, config.retry_cap_sec)
     seconds = retry_backoff(
         max(task.attempt, 1),
-        base_sec=config.retry_base_sec,
-        factor=config.retry_factor,
-        cap_sec=config.retry_cap_sec,
+        base_sec=base_sec,
+        factor=factor,
+        cap_sec=cap_sec,
         jitter=derived_jitter(task.run_id, task.task_key, task.attempt),
     )
     return timedelta(milliseconds=round(seconds * 1000))
@@ -170,7 +174,7 @@ def retry_intents(view: ProjectionView, emit: Emitter) -> list[Event]:
         timers = view.timers_of("RETRY", task.run_id, task.task_key, task.attempt)
         if any(t.state == "SCHEDULED" for t in timers):
             continue
-        fire_at = attempt_ended_at(task, emit.now) + retry_delay(task, emit.config)
+        fire_at = attempt_ended_at(task, emit.now) + retry_delay(task, emit.config, view.runs.get(task.run_id))
         epoch = retry_second(_ms(fire_at), [_ms(t.fire_at) // 1000 for t in timers])
         if epoch != _ms(fire_at) // 1000:
             fire_at = _at(epoch)

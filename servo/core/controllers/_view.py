@@ -9,6 +9,7 @@ a controller cannot write the projection, only return events.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -84,11 +85,21 @@ class RunRecord:
     cancel_on_sla_miss: bool = False
     pipeline: str | None = None
     """The `servo.pipeline` label: which declared pipeline's code runs its tasks."""
+    retry_policies: tuple[tuple[str, tuple[float, float, float]], ...] = ()
+    """From the `servo.retry` label, sorted by task key: (task_key, (base_sec, factor,
+    cap_sec)) of each task whose retry policy is not the default."""
+
+    def retry_policy(self, task_key: str) -> tuple[float, float, float] | None:
+        """The task's own (base_sec, factor, cap_sec), or None for the default."""
+        policies = self.retry_policies
+        i = bisect.bisect_left(policies, task_key, key=lambda p: p[0])
+        return policies[i][1] if i < len(policies) and policies[i][0] == task_key else None
 
 
 SLA_LABEL = "servo.sla_sec"
 ON_SLA_MISS_LABEL = "servo.on_sla_miss"
 PIPELINE_LABEL = "servo.pipeline"
+RETRY_LABEL = "servo.retry"
 
 
 def _label_map(labels: object) -> Mapping[str, Any] | None:
@@ -99,6 +110,33 @@ def _label_map(labels: object) -> Mapping[str, Any] | None:
         except ValueError:
             return None
     return labels if isinstance(labels, Mapping) else None
+
+
+def run_retry(labels: object) -> tuple[tuple[str, tuple[float, float, float]], ...]:
+    """The per-task retry policies a run's `servo.retry` label carries (a JSON object
+    task_key -> [base_sec, factor, cap_sec]); a malformed entry is the default policy."""
+    found = _label_map(labels)
+    text = None if found is None else found.get(RETRY_LABEL)
+    if not isinstance(text, str):
+        return ()
+    try:
+        table = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(table, Mapping):
+        return ()
+    out: list[tuple[str, tuple[float, float, float]]] = []
+    for key, value in table.items():
+        if (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            and value[0] >= 0
+            and value[1] >= 1
+            and value[2] >= 0
+        ):
+            out.append((str(key), (float(value[0]), float(value[1]), float(value[2]))))
+    return tuple(sorted(out))
 
 
 def run_pipeline(labels: object) -> str | None:
@@ -268,7 +306,8 @@ class ProjectionView:
             created = _ts(r.get("created_at"), "created_at")
             labels = r.get("labels")
             return RunRecord(
-                r["run_id"], r["plan_id"], r["state"], r["row_version"], created, *run_sla(labels), run_pipeline(labels)
+                r["run_id"], r["plan_id"], r["state"], r["row_version"], created,
+                *run_sla(labels), run_pipeline(labels), run_retry(labels),
             )
         if table == "dispatch_outbox":
             return OutboxRecord(
@@ -348,7 +387,7 @@ class ProjectionView:
                 runs.append(
                     RunRecord(
                         run.run_id, run.plan_id, run.state, run.row_version, run.created_at,
-                        *run_sla(run.labels), run_pipeline(run.labels),
+                        *run_sla(run.labels), run_pipeline(run.labels), run_retry(run.labels),
                     )
                 )
             for t in part.tasks.values():
