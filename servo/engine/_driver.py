@@ -46,6 +46,7 @@ from servo.core.controllers import (
     Emitter,
     OutboxRecord,
     ProjectionView,
+    TimerRecord,
     dispatch_outcome_events,
     on_timer_fired,
     pending_dispatches,
@@ -53,7 +54,7 @@ from servo.core.controllers import (
     repair,
 )
 from servo.core.events import Catalog, Event
-from servo.core.ids import new_ulid, run_id_from_run_key
+from servo.core.ids import dispatch_cloud_task_id, dispatch_id, new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
 from servo.engine import _observe
 from servo.engine._gate import AppendGate
@@ -625,7 +626,8 @@ class EmbeddedEngine:
                 self._nack(lease, now + timedelta(seconds=1))  # not folded yet
                 return
             events = on_timer_fired(
-                view, timer, now, watermark, tenant=self.home.tenant, workspace=self.home.workspace, config=self.config
+                view, timer, now, watermark, tenant=self.home.tenant, workspace=self.home.workspace, config=self.config,
+                waiting=self._waiting(view, timer),
             )
             self._append(events)
             _observe.timer_handled(view, timer, events)
@@ -643,6 +645,24 @@ class EmbeddedEngine:
             self._held.hold(lease)
         with self._running_lock:
             self._running[task.name] = pool.submit(self._work, lease)
+
+    def _waiting(self, view: ProjectionView, timer: TimerRecord) -> frozenset[str]:
+        """The attempt a heartbeat check watches, if it never started and its dispatch is
+        still pending in this engine's queue (not yet delivered, or leased by a live
+        worker, whose lease otherwise runs out and frees it): it waits for a worker and
+        is not lost. A dispatch whose queue task is gone (or names another attempt id)
+        is, and the check ends it DISPATCH_TIMEOUT as before."""
+        if timer.timer_type != "HEARTBEAT_CHECK" or self._leasing is None or timer.attempt is None:
+            return frozenset()
+        task = view.task(timer.run_id or "", timer.task_key or "")
+        if task is None or task.state != "DISPATCHED" or task.attempt != timer.attempt or task.attempt_id is None:
+            return frozenset()
+        queued = self._leasing.get_task(dispatch_cloud_task_id(dispatch_id(task.run_id, task.task_key, task.attempt)))
+        try:
+            same = queued is not None and Delivery.from_json(queued.payload).attempt_id == task.attempt_id
+        except CallbackRejected:
+            same = False
+        return frozenset({task.attempt_id}) if same else frozenset()
 
     def _ack(self, lease: Lease) -> None:
         assert self._leasing is not None

@@ -291,8 +291,16 @@ def test_heartbeat_check_times_out_a_silent_attempt(world: World) -> None:
     (check2,) = [e for e in world.reconcile(at(22)) if e.data.get("attempt") == 2]
     world.append([check2])
     world.compact()
+    # Still waiting in a live queue (workers busy, not lost): the check looks again later.
+    attempt_id = world.task("a")["attempt_id"]
+    waiting = on_timer_fired(
+        world.view(), world.view().timers[check2.data["timer_id"]], at(40), at(40),
+        config=world.config, waiting=frozenset({attempt_id}), **SCOPE,
+    )
+    assert types(waiting) == ["TimerRequested", "TimerFired"]
+    assert waiting[0].data["timer_type"] == "HEARTBEAT_CHECK" and waiting[0].data["fire_at"] > format_timestamp(at(40))
     verdict2 = world.fire(check2.data["timer_id"], now=at(40), watermark=at(40))
-    assert verdict2[0].data["reason"] == "DISPATCH_TIMEOUT"
+    assert verdict2[0].data["reason"] == "DISPATCH_TIMEOUT"  # its queue task is gone: lost
     world.append(verdict2)
     world.compact()
     tables = world.projection.tables()

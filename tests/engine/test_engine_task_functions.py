@@ -296,3 +296,17 @@ def test_each_task_retries_with_its_own_policy(tmp_path: Path) -> None:
 def test_bad_retry_policies_are_refused(options: dict[str, object]) -> None:
     with pytest.raises(PipelineError, match="RetryPolicy"):
         RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_attempts_waiting_for_a_busy_worker_are_not_timed_out(tmp_path: Path) -> None:
+    """With one worker, tasks dispatched ahead wait in the queue longer than their
+    heartbeat timeout; they are waiting, not lost, so none ends DISPATCH_TIMEOUT."""
+    import time
+
+    pipeline = Pipeline("wide")
+    for i in range(8):
+        pipeline.task(lambda: time.sleep(0.6), name=f"t{i}", heartbeat_timeout_sec=1)
+    outcome = EmbeddedEngine(Home.open(tmp_path / "home"), pipeline, workers=1, poll_seconds=0.01).run(timeout=120)
+    assert {t["task_key"]: (t["state"], t["attempt"], t["error_message"]) for t in outcome.tasks} == {
+        f"t{i}": ("SUCCEEDED", 1, None) for i in range(8)
+    }

@@ -14,6 +14,7 @@ the newest of that, started_at and last_heartbeat_at.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 from datetime import UTC, datetime, timedelta
 
 from servo.core.controllers._emit import ControllerConfig, Emitter
@@ -273,9 +274,12 @@ def _fired(timer: TimerRecord, emit: Emitter) -> Event:
     )
 
 
-def _heartbeat_verdict(view: ProjectionView, timer: TimerRecord, emit: Emitter) -> list[Event]:
+def _heartbeat_verdict(
+    view: ProjectionView, timer: TimerRecord, emit: Emitter, waiting: Container[str] = frozenset()
+) -> list[Event]:
     """AttemptTimedOut if the checked attempt showed no life since fire_at - timeout,
-    else the next check; nothing if the attempt is no longer the live one."""
+    else the next check; nothing if the attempt is no longer the live one. A dispatched
+    attempt still `waiting` in its queue counts as alive now."""
     if timer.run_id is None or timer.task_key is None:
         return []
     task = view.task(timer.run_id, timer.task_key)
@@ -283,6 +287,8 @@ def _heartbeat_verdict(view: ProjectionView, timer: TimerRecord, emit: Emitter) 
         return []
     timeout = timedelta(seconds=task.heartbeat_timeout_sec)
     alive_at = last_sign_of_life(task, emit.now)
+    if task.state == "DISPATCHED" and task.attempt_id in waiting:
+        alive_at = max(alive_at, emit.now)
     if alive_at > timer.fire_at - timeout:
         timers = view.timers_of("HEARTBEAT_CHECK", task.run_id, task.task_key, task.attempt)
         epoch, fire_at = _next_heartbeat_check(task, alive_at + timeout, timers)
@@ -330,8 +336,14 @@ def on_timer_fired(
     workspace: str,
     config: ControllerConfig,
     source: str = "timer-handler",
+    waiting: Container[str] = frozenset(),
 ) -> list[Event]:
     """What the handler emits when the queue delivers `timer` (at `now`).
+
+    `waiting`: attempt ids whose dispatch the caller's queue still holds, undelivered
+    or leased by a live worker: they wait for a free worker and are not lost, so a
+    heartbeat check of one that never started looks again later instead of ending it
+    DISPATCH_TIMEOUT (the caller saw the queue; a lost queue task is not in it).
 
     - not SCHEDULED (already fired or cancelled): nothing; a duplicate delivery.
     - moot (`timer_is_moot`): TimerFired at once, whatever the watermark: the task
@@ -355,7 +367,7 @@ def on_timer_fired(
         return _reschedule(timer, emit)
     out: list[Event] = []
     if timer.timer_type == "HEARTBEAT_CHECK":
-        out.extend(_heartbeat_verdict(view, timer, emit))
+        out.extend(_heartbeat_verdict(view, timer, emit, waiting))
     elif timer.timer_type == "SLA_CHECK":
         out.extend(_sla_verdict(view, timer, emit))
     out.append(_fired(timer, emit))
