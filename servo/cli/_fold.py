@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +19,11 @@ __all__ = ["fold_command"]
 
 def fold_command(
     events: Annotated[
-        Path, typer.Argument(help="JSONL ledger export (one envelope per line; '-' = stdin), or a Servo home directory.")
+        Path,
+        typer.Argument(
+            help="JSONL ledger export (one envelope per line; '-' = stdin), a Servo home directory, "
+            "or a directory of event files (*.json, one envelope each, e.g. a home's ledger/)."
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print every table as one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write one Parquet file per table here.")] = None,
@@ -39,10 +44,20 @@ def fold_command(
         elif events.is_dir():
             from servo.engine import Home
 
-            if not Home.holds_store(events):
-                err.print(f"error: {events}: is a directory, not a ledger export or a Servo home")
-                raise typer.Exit(2)
-            projection = fold_lines(Home.open(events, create=False).ledger_events(), spec, registry())
+            if Home.holds_store(events):
+                projection = fold_lines(Home.open(events, create=False).ledger_events(), spec, registry())
+            else:
+                files = sorted(events.rglob("*.json"))
+                # A workspace directory of a home also holds manifests: take its ledger.
+                ledger = [f for f in files if "ledger" in f.relative_to(events).parts[:-1]]
+                files = ledger or files
+                if not files:
+                    err.print(
+                        f"error: {events}: is a directory, not a ledger export or a Servo home,"
+                        " and holds no *.json event files"
+                    )
+                    raise typer.Exit(2)
+                projection = fold_lines(_event_files(files), spec, registry())
         else:
             if not events.is_file():
                 err.print(f"error: {events}: no such file")
@@ -69,6 +84,13 @@ def fold_command(
         _print_summary(tables)
     if strict and tables["rejected_events"]:
         raise typer.Exit(1)
+
+
+def _event_files(files: list[Path]) -> Iterator[bytes]:
+    """A ledger directory as it lies on disk: each file is one envelope (SPEC §3), so
+    its whole text is one record, however it is indented."""
+    for file in files:
+        yield b" ".join(file.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines())
 
 
 def _print_summary(tables: dict[str, list[dict[str, object]]]) -> None:

@@ -109,10 +109,32 @@ def test_summary_names_the_run_outcome_without_flags() -> None:
     assert "run run_nightly: FAILED" in result.stdout
 
 
-def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
+def test_a_directory_without_event_files_is_named_as_one(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an event")
     result = runner.invoke(app, ["fold", str(tmp_path)])
     assert result.exit_code == 2
-    assert "is a directory" in result.output
+    assert "is a directory" in result.output and "*.json" in result.output
+
+
+def test_a_directory_of_event_files_folds_like_the_export(tmp_path: Path) -> None:
+    """A ledger directory as it lies on disk (`ledger/orchestration/{day}/{event_id}.json`,
+    one envelope per file, SPEC §3/§6) folds to the same tables as its JSONL export,
+    whatever the nesting; a pretty-printed file is still one envelope, a broken one is
+    INVALID."""
+    root = tmp_path / "ledger"
+    for i, line in enumerate(LEDGER.read_text().splitlines()):
+        event = json.loads(line)
+        day = root / "orchestration" / f"day{i % 3}"
+        day.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(event, indent=2) if i % 2 else line
+        (day / f"{event['event_id']}.json").write_text(text)
+    assert fold_json(root) == fold_json(LEDGER)
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "000000000001.json").write_text('{"seq": 1}')  # not an event
+    assert fold_json(tmp_path) == fold_json(LEDGER)  # a workspace directory: its ledger/ only
+    (root / "orchestration" / "day0" / "BROKEN.json").write_text("{oops")
+    tables = json.loads(fold_json(root))
+    assert sorted(r["reason"] for r in tables["rejected_events"]) == ["INVALID", "STALE_ATTEMPT"]
 
 
 def test_a_utf8_byte_order_mark_and_crlf_line_ends_change_nothing(tmp_path: Path) -> None:
