@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -48,15 +49,30 @@ def list_runs(home: HomeOption = Path(".servo"), as_json: JsonOption = False) ->
     if as_json:
         sys.stdout.write(json.dumps(runs, indent=2) + "\n")
         return
-    table = Table(title=f"runs in {home}")
-    for column in ("run_id", "state", "succeeded", "failed", "skipped", "total", "created_at"):
-        table.add_column(column)
+    table = Table(title=f"runs in {home}", box=box.SIMPLE_HEAD)
+    table.add_column("run_id", no_wrap=True, min_width=max((len(r["run_id"]) for r in runs), default=6))
+    table.add_column("pipeline", overflow="fold", min_width=8)
+    table.add_column("state", no_wrap=True)
+    table.add_column("ok", justify="right", no_wrap=True)
+    table.add_column("created", no_wrap=True)
     for run in sorted(runs, key=lambda r: str(r["created_at"]), reverse=True):
-        table.add_row(
-            run["run_id"], run["state"], str(run["tasks_succeeded"]), str(run["tasks_failed"]),
-            str(run["tasks_skipped"]), str(run["tasks_total"]), str(run["created_at"]),
-        )
+        labels = run.get("labels") or {}
+        created = str(run["created_at"] or "")[:16].replace("T", " ")  # UTC
+        tasks = f"{run['tasks_succeeded']}/{run['tasks_total']}"
+        table.add_row(run["run_id"], str(labels.get("servo.pipeline", "")), run["state"], tasks, created)
     Console().print(table)
+
+
+def _find_run(runs: list[dict[str, Any]], run_id: str, home: Path) -> dict[str, Any]:
+    """The run named `run_id`, or the only run whose id starts with it."""
+    exact = [r for r in runs if r["run_id"] == run_id]
+    found = exact or [r for r in runs if str(r["run_id"]).startswith(run_id)]
+    if not found:
+        raise _fail(f"no run {run_id!r} in {home}", 1)
+    if len(found) > 1:
+        names = ", ".join(sorted(str(r["run_id"]) for r in found))
+        raise _fail(f"{run_id!r} matches {len(found)} runs in {home}: {names}; give more of the id", 1)
+    return found[0]
 
 
 @runs_app.command("show")
@@ -66,9 +82,8 @@ def show_run(run_id: str, home: HomeOption = Path(".servo"), as_json: JsonOption
         tables = _snapshot(home)
     except ServoError as exc:
         raise _fail(str(exc)) from None
-    run = next((r for r in tables["runs"] if r["run_id"] == run_id), None)
-    if run is None:
-        raise _fail(f"no run {run_id!r} in {home}", 1)
+    run = _find_run(tables["runs"], run_id, home)
+    run_id = run["run_id"]
     tasks = [t for t in tables["tasks"] if t["run_id"] == run_id]
     if as_json:
         sys.stdout.write(json.dumps({"run": run, "tasks": tasks}, indent=2) + "\n")
@@ -110,9 +125,8 @@ def cancel_run(
 
     try:
         tables = _snapshot(home)
-        run = next((r for r in tables["runs"] if r["run_id"] == run_id), None)
-        if run is None:
-            raise _fail(f"no run {run_id!r} in {home}", 1)
+        run = _find_run(tables["runs"], run_id, home)
+        run_id = run["run_id"]
         if run["state"] in TERMINAL_RUN_STATES:
             raise _fail(f"run {run_id} already ended {run['state']}", 1)
         h = Home.open(home, create=False)

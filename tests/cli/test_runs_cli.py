@@ -118,3 +118,20 @@ def test_cancel_without_a_running_engine_folds_the_event_itself(tmp_path: Path, 
     result = runner.invoke(app, ["runs", "cancel", "run_open", "--home", str(home), "--json", "--wait", "0"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["state"] == "CANCELLED"
+
+
+def test_the_run_table_shows_whole_run_ids_and_a_unique_prefix_names_a_run(
+    tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog
+) -> None:
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    listed = runner.invoke(app, ["runs", "list", "--home", str(home)], env={"COLUMNS": "60"})
+    assert listed.exit_code == 0, listed.output
+    assert "run_nightly" in listed.stdout and "run_open" in listed.stdout  # never cut off
+    by_prefix = runner.invoke(app, ["runs", "show", "run_ni", "--home", str(home), "--json"])
+    assert by_prefix.exit_code == 0, by_prefix.output
+    assert json.loads(by_prefix.stdout)["run"]["run_id"] == "run_nightly"
+    ambiguous = runner.invoke(app, ["runs", "show", "run_", "--home", str(home)])
+    assert ambiguous.exit_code == 1
+    assert "matches 2 runs" in ambiguous.output and "run_nightly" in ambiguous.output
+    unknown = runner.invoke(app, ["runs", "cancel", "run_zzz", "--home", str(home)])
+    assert unknown.exit_code == 1 and "no run 'run_zzz'" in unknown.output
