@@ -38,6 +38,7 @@ from typing import Any, Final
 from servo import obs
 from servo._errors import CorruptState, FencedOut, ServoError
 from servo.api import Pipeline
+from servo.api._pipeline import progress_percent
 from servo.compactor import GC_GRACE_SEC, Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
     TERMINAL_RUN_STATES,
@@ -124,9 +125,10 @@ class _TaskContext:
         d = self.delivery
         self.run_id, self.task_key, self.attempt, self.attempt_id = d.run_id, d.task_key, d.attempt, d.attempt_id
 
-    def heartbeat(self, progress_pct: int | None = None) -> None:
+    def heartbeat(self, progress_pct: float | None = None) -> None:
         """Report the attempt alive."""
-        self.callbacks.heartbeat(self.delivery, self.worker_id, datetime.now(UTC), progress_pct)
+        progress = progress_percent(progress_pct)
+        self.callbacks.heartbeat(self.delivery, self.worker_id, datetime.now(UTC), progress)
 
 
 class EmbeddedEngine:

@@ -30,6 +30,7 @@ import httpx
 
 from servo._errors import ServoError
 from servo.api import Pipeline
+from servo.api._pipeline import progress_percent
 from servo.queue import HeldLeases, Lease, SqliteQueue
 from servo.worker._contract import (
     DISPATCH,
@@ -63,9 +64,10 @@ class _RemoteContext:
         self.run_id, self.task_key = delivery.run_id, delivery.task_key
         self.attempt, self.attempt_id = delivery.attempt, delivery.attempt_id
 
-    def heartbeat(self, progress_pct: int | None = None) -> None:
+    def heartbeat(self, progress_pct: float | None = None) -> None:
         """Report the attempt alive; raises if the server says it is no longer current."""
-        extra = {} if progress_pct is None else {"progress_pct": progress_pct}
+        progress = progress_percent(progress_pct)
+        extra = {} if progress is None else {"progress_pct": progress}
         answer, status, detail = self._worker.post(self._base, "heartbeat", self.delivery, self.worker_id, extra)
         if answer is _Answer.REFUSED:
             kind = {409: StaleAttemptRejected, 403: ForgedCallback}.get(status, CallbackRejected)

@@ -310,3 +310,40 @@ def test_attempts_waiting_for_a_busy_worker_are_not_timed_out(tmp_path: Path) ->
     assert {t["task_key"]: (t["state"], t["attempt"], t["error_message"]) for t in outcome.tasks} == {
         f"t{i}": ("SUCCEEDED", 1, None) for i in range(8)
     }
+
+
+def test_heartbeat_progress_is_a_percentage_and_a_bad_one_is_the_tasks_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ctx.heartbeat(55.5) reports 56 and 150 reports 100 (a percentage); a value that is
+    no number fails the task with a TypeError naming ctx.heartbeat, not an internal
+    InvalidEvent logged as a callback failure."""
+    import json
+    import logging
+
+    from servo.storage import Ledger
+
+    pipeline = Pipeline("progress")
+
+    @pipeline.task()
+    def fractional(ctx: TaskContext) -> None:
+        ctx.heartbeat(55.5)
+        ctx.heartbeat(150)
+        ctx.heartbeat(-3)
+
+    @pipeline.task()
+    def wrong(ctx: TaskContext) -> None:
+        ctx.heartbeat("half")  # type: ignore[arg-type]
+
+    caplog.set_level(logging.INFO, logger="servo")
+    home = Home.open(tmp_path / "home")
+    outcome = EmbeddedEngine(home, pipeline, poll_seconds=0.01).run(timeout=60)
+    states = {t["task_key"]: (t["state"], t["error_message"] or "") for t in outcome.tasks}
+    assert states["fractional"] == ("SUCCEEDED", "")
+    assert states["wrong"][0] == "FAILED" and states["wrong"][1].startswith("TypeError: ctx.heartbeat(progress_pct)")
+    ledger = Ledger(home.store)
+    beats = [
+        json.loads(ledger.read(n.rsplit("/", 1)[1].removesuffix(".json"))) for n in ledger.list_event_names()
+    ]
+    assert sorted(e["data"]["progress_pct"] for e in beats if e["event_type"] == "TaskHeartbeat") == [0, 56, 100]
+    assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
