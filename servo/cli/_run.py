@@ -59,7 +59,7 @@ def run_command(
     home: Annotated[Path, typer.Option("--home", help="Where state lives.")] = Path(".servo"),
     pipeline_name: Annotated[str | None, typer.Option("--pipeline", help="Which pipeline, if the file has several.")] = None,
     run_key: Annotated[str | None, typer.Option("--run-key", help="Idempotency key of the run.")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker threads; the engine keeps at most 4x this many attempts per run dispatched or running.")] = 4,
+    workers: Annotated[int, typer.Option(help="Local worker threads; the engine keeps at most 16x this many attempts per run dispatched or running.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
     external_workers: Annotated[

@@ -79,6 +79,7 @@ __all__ = ["EmbeddedEngine", "RunOutcome"]
 
 _LOG = logging.getLogger("servo.engine")
 TIMER: Final = "timer"
+IN_FLIGHT_PER_WORKER: Final = 16
 STRAGGLER_SECONDS = 2.0
 """How long an ended run waits for attempts that are still running (to ack them)."""
 QUIET_EVENTS = frozenset({"TaskStarted", "TaskHeartbeat", "TimerRequested", "DispatchEnqueued"})
@@ -189,9 +190,10 @@ class EmbeddedEngine:
             catalog=self.catalog,
             source=replica,
             repair_grace_sec=repair_grace_sec,
-            # Dispatch no more than the workers can start soon: an attempt's heartbeat
-            # clock starts at dispatch, so a deep queue would time attempts out unrun.
-            max_in_flight=max(1, workers) * 4,
+            # A bounded backlog per run (ADR 012): deep enough that a loop has a batch
+            # to fold, shallow enough not to flood the queue. Waiting attempts are not
+            # timed out while the queue holds them (ADR 021).
+            max_in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER,
         )
         self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._gated_fact)
         self.workers = workers
