@@ -57,18 +57,6 @@ class TaskContext(Protocol):
         ...
 
 
-def progress_percent(progress_pct: object) -> int | None:
-    """`ctx.heartbeat`'s argument as the whole percentage a TaskHeartbeat carries:
-    rounded and held to 0-100; None stays None. Anything but a finite number is the
-    task's error (TypeError / ValueError), raised in the task, never sent."""
-    if progress_pct is None:
-        return None
-    if isinstance(progress_pct, bool) or not isinstance(progress_pct, int | float):
-        raise TypeError(f"ctx.heartbeat(progress_pct): expected a number from 0 to 100, not {progress_pct!r}")
-    if not math.isfinite(progress_pct):
-        raise ValueError(f"ctx.heartbeat(progress_pct): expected a number from 0 to 100, not {progress_pct!r}")
-    return min(100, max(0, round(progress_pct)))
-
 
 @dataclass(frozen=True)
 class RetryPolicy:

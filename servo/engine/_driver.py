@@ -38,7 +38,6 @@ from typing import Any, Final
 from servo import obs
 from servo._errors import CorruptState, FencedOut, ServoError
 from servo.api import Pipeline
-from servo.api._pipeline import progress_percent
 from servo.compactor import GC_GRACE_SEC, Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
     TERMINAL_RUN_STATES,
@@ -73,6 +72,7 @@ from servo.worker import (
     Delivery,
     StaleAttemptRejected,
     dispatch_target,
+    progress_percent,
 )
 
 __all__ = ["EmbeddedEngine", "RunOutcome"]

@@ -14,6 +14,7 @@ from servo.worker._contract import (
     StaleAttemptRejected,
     attempt_token,
     dispatch_target,
+    progress_percent,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "StaleAttemptRejected",
     "attempt_token",
     "dispatch_target",
+    "progress_percent",
 ]
 
 _LAZY = frozenset({"HttpWorker", "ServerUnreachable"})

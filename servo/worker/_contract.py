@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ __all__ = [
     "StaleAttemptRejected",
     "attempt_token",
     "dispatch_target",
+    "progress_percent",
 ]
 
 DISPATCH: Final = "dispatch"
@@ -43,6 +45,19 @@ def dispatch_target(pipeline: str | None) -> str:
     pipeline, so engines and workers sharing one queue lease only their own pipeline's
     attempts; plain `dispatch` for a run that names none."""
     return DISPATCH if pipeline is None else f"{DISPATCH}/{pipeline}"
+
+
+def progress_percent(progress_pct: object) -> int | None:
+    """`ctx.heartbeat`'s argument as the whole percentage a TaskHeartbeat carries:
+    rounded and held to 0-100; None stays None. Anything but a finite number is the
+    task's error (TypeError / ValueError), raised in the task, never sent."""
+    if progress_pct is None:
+        return None
+    if isinstance(progress_pct, bool) or not isinstance(progress_pct, int | float):
+        raise TypeError(f"ctx.heartbeat(progress_pct): expected a number from 0 to 100, not {progress_pct!r}")
+    if not math.isfinite(progress_pct):
+        raise ValueError(f"ctx.heartbeat(progress_pct): expected a number from 0 to 100, not {progress_pct!r}")
+    return min(100, max(0, round(progress_pct)))
 
 
 class CallbackRejected(ServoError):

@@ -30,7 +30,6 @@ import httpx
 
 from servo._errors import ServoError
 from servo.api import Pipeline
-from servo.api._pipeline import progress_percent
 from servo.queue import HeldLeases, Lease, SqliteQueue
 from servo.worker._contract import (
     DISPATCH,
@@ -39,6 +38,7 @@ from servo.worker._contract import (
     ForgedCallback,
     StaleAttemptRejected,
     dispatch_target,
+    progress_percent,
 )
 
 __all__ = ["HttpWorker", "ServerUnreachable"]
