@@ -9,6 +9,7 @@
     │   ├── ObjectNotFound   read of a missing object
     │   └── CasConflict      compare-and-swap lost (generation moved on)
     ├── FencedOut            a deposed compactor tried to publish
+    ├── RunKeyConflict       a run key already names a run of another pipeline
     └── StaleAttempt         a worker spoke for an attempt that is not current
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidId",
     "ObjectExists",
     "ObjectNotFound",
+    "RunKeyConflict",
     "ServoError",
     "SpecError",
     "StaleAttempt",
@@ -71,6 +73,11 @@ class CorruptState(StorageError):
 
 class FencedOut(ServoError):
     """A compactor with an older fencing epoch tried to publish."""
+
+
+class RunKeyConflict(ServoError):
+    """A run key asked for by one pipeline already names a run of another (a run key
+    names one run per workspace: its run id is derived from the key alone)."""
 
 
 class StaleAttempt(ServoError):

@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from servo import obs
-from servo._errors import CorruptState, FencedOut, ServoError
+from servo._errors import CorruptState, FencedOut, RunKeyConflict, ServoError
 from servo.api import Pipeline
 from servo.compactor import GC_GRACE_SEC, Compactor, ProjectionReader, StateView
 from servo.core.controllers import (
@@ -46,6 +46,7 @@ from servo.core.controllers import (
     Emitter,
     OutboxRecord,
     ProjectionView,
+    RunRecord,
     TimerRecord,
     dispatch_outcome_events,
     on_timer_fired,
@@ -411,6 +412,8 @@ class EmbeddedEngine:
                 self._wake.clear()  # before reading: an append from now on runs the loop again
                 view, watermark = self._refresh()
                 run = view.runs.get(run_id)
+                if run is not None and not resumed:  # another engine may have won the key
+                    self._check_run_key_owner(run, run_key or "")
                 if run is not None and run.state in TERMINAL_RUN_STATES:
                     # Every task of an ended run is terminal: an attempt still running
                     # (cancelled, or timed out, while it ran) can only be refused as
@@ -454,6 +457,9 @@ class EmbeddedEngine:
         now = datetime.now(UTC)
         key = run_key or f"{self.pipeline.name}:{now.isoformat()}"
         run_id = run_id_from_run_key(self.home.secret, self.home.tenant, self.home.workspace, key)
+        existing = view.runs.get(run_id)
+        if existing is not None:
+            self._check_run_key_owner(existing, key)
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, "cli:run")
         plan_id = self.pipeline.plan_id()
         self._traces.trigger(run_id, self.pipeline.name)  # RunTriggered and PlanCreated carry it
@@ -477,6 +483,14 @@ class EmbeddedEngine:
             ]
         )
         return run_id, False
+
+    def _check_run_key_owner(self, run: RunRecord, run_key: str) -> None:
+        """A run key names one run per workspace; another pipeline's run is refused."""
+        if run.pipeline is not None and run.pipeline != self.pipeline.name:
+            raise RunKeyConflict(
+                f"run key {run_key!r} already names run {run.run_id} of pipeline {run.pipeline!r}, "
+                f"not {self.pipeline.name!r}; pass another --run-key"
+            )
 
     def _close_io(self) -> None:
         with self._lock:

@@ -206,3 +206,27 @@ def test_an_engine_never_runs_or_fails_the_tasks_of_another_pipelines_run(tmp_pa
     body = json.loads(resumed.stdout)
     assert body["run"]["state"] == "SUCCEEDED"
     assert (marks / "x.b").exists()
+
+
+def test_a_run_key_of_another_pipelines_run_is_refused_not_returned(tmp_path: Path) -> None:
+    """`--run-key K` names one run per home (its id is derived from K alone, SPEC §3):
+    another pipeline asking for K gets a clear error (exit 2), not that run's outcome,
+    and nothing of it runs; the pipeline that owns K still gets its run back."""
+    home, marks = tmp_path / ".servo", tmp_path / "marks"
+    marks.mkdir()
+    x, y = tmp_path / "x.py", tmp_path / "y.py"
+    for path, name in ((x, "x"), (y, "y")):
+        path.write_text(
+            "from pathlib import Path\nfrom servo.api import Pipeline\n"
+            f"pipeline = Pipeline({name!r})\n"
+            f"@pipeline.task\ndef a():\n    Path({str(marks)!r}, {name!r}).touch()\n"
+        )
+    first = servo("run", str(x), "--home", str(home), "--run-key", "daily", "--json")
+    assert first.returncode == 0, first.stderr
+    other = servo("run", str(y), "--home", str(home), "--run-key", "daily", "--json")
+    assert other.returncode == 2, other.stdout
+    assert "run key 'daily'" in other.stderr and "pipeline 'x'" in other.stderr
+    assert "Traceback" not in other.stderr and other.stdout == ""
+    assert sorted(p.name for p in marks.iterdir()) == ["x"]
+    again = servo("run", str(x), "--home", str(home), "--run-key", "daily", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["run"]["run_id"] == json.loads(first.stdout)["run"]["run_id"]
