@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import runpy
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,32 @@ __all__ = ["run_command"]
 
 ORDER = ("BLOCKED", "READY", "DISPATCHED", "RUNNING", "RETRY_WAIT", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
 
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout meanwhile to stderr: Python's `print` and, at the
+    file-descriptor level, C extensions and child processes (a task running dbt or
+    spark-submit), so that with --json stdout is the JSON document alone."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable fd 1 (a closed stdout): Python-level only
+        saved = -1
+    if saved >= 0:
+        try:
+            os.dup2(2, 1)
+        except OSError:
+            os.close(saved)
+            saved = -1
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved >= 0:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 def _load_pipeline(path: Path, name: str | None) -> Any:
     from servo.api import Pipeline
@@ -101,11 +128,11 @@ def run_command(
             raise typer.Exit(2) from None
     engine: EmbeddedEngine | None = None
     # With --json, stdout carries the JSON document only: what the pipeline prints
-    # (while loading or in its tasks) goes to stderr.
+    # (while loading or in its tasks, child processes included) goes to stderr.
     scope = contextlib.ExitStack()
     try:
         if as_json:
-            scope.enter_context(contextlib.redirect_stdout(sys.stderr))
+            scope.enter_context(_stdout_to_stderr())
         pipeline = _load_pipeline(file, pipeline_name)
         live: Live | None = None
         if not as_json and sys.stdout.isatty():

@@ -151,11 +151,17 @@ def test_a_pipeline_imports_modules_beside_it_and_prints_without_breaking_json(t
         "@pipeline.task()\n"
         "def shout():\n"
         "    print('task output', answer())\n"
+        "@pipeline.task()\n"
+        "def shell_out():\n"  # a child process (dbt, spark-submit...) writes to fd 1 itself
+        "    import os, subprocess, sys\n"
+        "    os.write(1, b'raw fd write\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"child output\")'], check=True)\n"
     )
     result = servo("run", str(project / "flow.py"), "--home", str(tmp_path / "h"), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["run"]["state"] == "SUCCEEDED"
     assert "task output 42" in result.stderr
+    assert "raw fd write" in result.stderr and "child output" in result.stderr
 
 
 def test_a_pipeline_file_that_exits_while_loading_is_a_clear_error(tmp_path: Path) -> None:
