@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import runpy
+import signal
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,14 @@ __all__ = ["run_command"]
 ORDER = ("BLOCKED", "READY", "DISPATCHED", "RUNNING", "RETRY_WAIT", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
 
 
+
+
+class _Terminated(BaseException):
+    """SIGTERM (kill, docker stop, a cancelled CI job) arrived: stop like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
@@ -131,6 +140,10 @@ def run_command(
     # (while loading or in its tasks, child processes included) goes to stderr.
     scope = contextlib.ExitStack()
     try:
+        previous_sigterm: Any = signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C, exit 143
+    except ValueError:  # not the main thread (called from code, not the command line)
+        previous_sigterm = None
+    try:
         if as_json:
             scope.enter_context(_stdout_to_stderr())
         pipeline = _load_pipeline(file, pipeline_name)
@@ -155,11 +168,14 @@ def run_command(
     except TimeoutError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(3) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as stop:
         which = f"run {engine.run_id}" if engine is not None and engine.run_id else "the run"
-        err.print(f"interrupted: {which} is unfinished; `servo run {file}` again resumes it")
-        raise typer.Exit(130) from None
+        word, code = ("terminated", 143) if isinstance(stop, _Terminated) else ("interrupted", 130)
+        err.print(f"{word}: {which} is unfinished; `servo run {file}` again resumes it")
+        raise typer.Exit(code) from None
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         scope.close()
         if stop_metrics is not None:
             stop_metrics()

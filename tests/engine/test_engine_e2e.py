@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from servo.core._registry import Registry
 from servo.core.fold import fold_lines
 from servo.core.ids import ulid_timestamp
@@ -118,9 +120,13 @@ def test_sigkill_at_random_moments_still_completes_each_task_once(tmp_path: Path
 LONG = ROOT / "tests" / "data" / "pipelines" / "long_task.py"
 
 
-def test_ctrl_c_stops_servo_run_at_once_and_names_the_run_to_resume(tmp_path: Path) -> None:
-    """SIGINT while a task runs: `servo run` does not wait for the task to finish, says
-    which run is unfinished and how to resume it, and exits 130 without a traceback."""
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_stops_servo_run_at_once_and_names_the_run_to_resume(
+    tmp_path: Path, sig: signal.Signals, code: int, word: str
+) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM (kill, docker stop, a CI cancel) while a task runs:
+    `servo run` does not wait for the task to finish, says which run is unfinished and
+    how to resume it, and exits 130 / 143 without a traceback."""
     home = tmp_path / ".servo"
     command = [sys.executable, "-m", "servo.cli", "run", str(LONG), "--home", str(home)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -130,11 +136,11 @@ def test_ctrl_c_stops_servo_run_at_once_and_names_the_run_to_resume(tmp_path: Pa
             break
         time.sleep(0.1)
     interrupted_at = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
     assert time.monotonic() - interrupted_at < 10  # not the task's remaining minute
-    assert proc.returncode == 130
-    assert "interrupted" in stderr and "run_" in stderr and "resume" in stderr
+    assert proc.returncode == code
+    assert word in stderr and "run_" in stderr and "resume" in stderr
     assert "Traceback" not in stderr
 
 
