@@ -46,6 +46,8 @@ def export_command(
             write_jsonl(events, sys.stdout.buffer)
             sys.stdout.buffer.flush()
             return
+        if out.is_dir():
+            raise ServoError(f"{out} is a directory; --out takes a file path (e.g. {out / 'events.jsonl'})")
         tmp = out.with_name(out.name + ".part")
         with tmp.open("wb") as sink:
             count = write_jsonl(events, sink)

@@ -65,3 +65,11 @@ def test_export_and_fold_name_a_directory_that_is_not_a_home(tmp_path: Path) -> 
     assert folded.exit_code == 2
     assert "is a directory, not a ledger export or a Servo home" in folded.output
     assert "Traceback" not in folded.output
+
+
+def test_export_to_a_directory_says_it_wants_a_file(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    into_dir = runner.invoke(app, ["ledger", "export", "--home", str(home), "--out", str(tmp_path)])
+    assert into_dir.exit_code == 2
+    assert "is a directory; --out takes a file path" in into_dir.output
+    assert not list(tmp_path.glob("*.part"))
