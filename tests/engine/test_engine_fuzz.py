@@ -120,3 +120,51 @@ def test_random_pipelines_under_two_engines_and_sigkill_end_as_their_tasks_say(t
     assert successes == Counter({k: 1 for k, state in want.items() if state == "SUCCEEDED"})
     shown = json.loads(servo("runs", "show", body["run"]["run_id"], "--home", str(home), "--json").stdout)
     assert shown["tasks"] == body["tasks"]
+
+
+@pytest.mark.parametrize("seed", range(max(1, CASES // 3)))
+def test_two_pipelines_sharing_a_home_under_sigkill_each_run_only_their_own_code(tmp_path: Path, seed: int) -> None:
+    """Two random pipelines, both declaring tasks t0..tN, started together on one home
+    (as `./.servo` is shared by every pipeline run from a directory), SIGKILLed at
+    random, then each run to the end: each ends as its own tasks say, and every attempt
+    ran the code of its own pipeline (each task records which pipeline's code ran it)."""
+    rng = random.Random(10_000 + seed)
+    home, marks = tmp_path / "home", tmp_path / "marks"
+    marks.mkdir()
+    specs: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in ("pa", "pb"):
+        path = tmp_path / f"{name}.py"
+        specs[name] = write_pipeline(rng, path)
+        text = path.read_text().replace("Pipeline('fuzz')", f"Pipeline('{name}')")
+        # Each attempt leaves a mark naming its pipeline, its run and its task.
+        text = text.replace(
+            "import time\n", f"import pathlib\nimport time\nMARKS = pathlib.Path({str(marks)!r})\n", 1
+        ).replace(
+            "    if ctx.attempt <=",
+            f"    (MARKS / ('{name}.' + ctx.run_id + '.' + ctx.task_key + '.' + str(ctx.attempt))).touch()\n"
+            "    if ctx.attempt <=",
+        )
+        path.write_text(text)
+    commands = {
+        name: [sys.executable, "-m", "servo.cli", "run", str(tmp_path / f"{name}.py"), "--home", str(home), "--json",
+               "--run-key", name]
+        for name in specs
+    }
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) for c in commands.values()]
+    time.sleep(rng.uniform(0.3, 1.5))
+    for proc in procs:
+        if proc.poll() is None and rng.random() < 0.7:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert b"Traceback" not in stderr and b"not declared in pipeline" not in stderr, stderr.decode()
+    run_ids: dict[str, str] = {}
+    for name, tasks in specs.items():
+        final = servo(*commands[name][3:])
+        assert "Traceback" not in final.stderr, final.stderr
+        body = json.loads(final.stdout)
+        assert {t["task_key"]: t["state"] for t in body["tasks"]} == expected_states(tasks), name
+        run_ids[name] = body["run"]["run_id"]
+    for mark in marks.iterdir():
+        pipeline, run_id = mark.name.split(".")[:2]
+        assert run_ids[pipeline] == run_id, mark.name  # never another pipeline's run
