@@ -127,6 +127,11 @@ class _Projection:
         task = self._view.task(run_id, task_key)
         return None if task is None else (task.attempt_id, task.attempt, task.state)
 
+    def asset_of(self, run_id: str, task_key: str) -> tuple[str | None, str | None]:
+        """CallbackService's asset lookup: (asset_key, partition_key) of the task."""
+        task = self._view.task(run_id, task_key)
+        return (None, None) if task is None else (task.asset_key, task.partition_key)
+
     def settle(self, claim: AttemptCallback) -> None:
         """Make the view current enough to judge `claim`.
 
@@ -177,7 +182,9 @@ class _Callbacks:
             appended.append(event.event_id)
 
         h = self.home
-        return CallbackService(self.secret, h.tenant, h.workspace, self.projection.current, append)
+        return CallbackService(
+            self.secret, h.tenant, h.workspace, self.projection.current, append, self.projection.asset_of
+        )
 
     def token_ok(self, body: AttemptCallback, token: str) -> bool:
         h = self.home

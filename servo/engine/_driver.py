@@ -196,7 +196,9 @@ class EmbeddedEngine:
             # timed out while the queue holds them (ADR 021).
             max_in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER,
         )
-        self.callbacks = CallbackService(home.secret, home.tenant, home.workspace, self._lookup, self._gated_fact)
+        self.callbacks = CallbackService(
+            home.secret, home.tenant, home.workspace, self._lookup, self._gated_fact, self._asset_of
+        )
         self.workers = workers
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
@@ -347,6 +349,10 @@ class EmbeddedEngine:
             today = datetime.now(UTC).date()
             self.compactor.repair([today - timedelta(days=1), today, today + timedelta(days=1)])
         self._swept_at = now
+
+    def _asset_of(self, run_id: str, task_key: str) -> tuple[str | None, str | None]:
+        task = self._view.task(run_id, task_key)
+        return (None, None) if task is None else (task.asset_key, task.partition_key)
 
     def _lookup(self, run_id: str, task_key: str) -> tuple[str | None, int, str] | None:
         task = self._view.task(run_id, task_key)

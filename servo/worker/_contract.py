@@ -115,6 +115,8 @@ class Delivery:
 
 AttemptLookup = Callable[[str, str], tuple[str | None, int, str] | None]
 """(run_id, task_key) -> (current attempt_id, attempt, task state) from the projection."""
+AssetLookup = Callable[[str, str], tuple[str | None, str | None]]
+"""(run_id, task_key) -> (asset_key, partition_key) of the task, from its plan."""
 Append = Callable[[str, Mapping[str, Any], str | None], None]
 """(event_type, data, traceparent) -> append a worker fact to the ledger."""
 
@@ -156,8 +158,17 @@ def _observed(kind: str) -> Callable[[Callback[P]], Callback[P]]:
 class CallbackService:
     """Validates worker callbacks and appends the facts they report."""
 
-    def __init__(self, secret: bytes, tenant: str, workspace: str, lookup: AttemptLookup, append: Append) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        tenant: str,
+        workspace: str,
+        lookup: AttemptLookup,
+        append: Append,
+        asset_of: AssetLookup | None = None,
+    ) -> None:
         self._secret = secret
+        self._asset_of = asset_of
         self.tenant = tenant
         self.workspace = workspace
         self._lookup = lookup
@@ -223,6 +234,15 @@ class CallbackService:
         data["outcome"] = outcome
         if error_message:
             data["error_message"] = error_message[:4000]
+        # An asset task's finish names its partition (from the plan: SPEC §7 folds
+        # partition status from these), and a success names its materialization.
+        asset_key, partition_key = self._asset_of(d.run_id, d.task_key) if self._asset_of else (None, None)
+        if asset_key is not None:
+            data["asset_key"] = asset_key
+            if partition_key is not None:
+                data["partition_key"] = partition_key
+            if outcome == "SUCCEEDED":
+                data["materialization_id"] = d.attempt_id
         self._append("TaskFinished", data, d.traceparent)
 
 

@@ -347,3 +347,40 @@ def test_heartbeat_progress_is_a_percentage_and_a_bad_one_is_the_tasks_error(
     ]
     assert sorted(e["data"]["progress_pct"] for e in beats if e["event_type"] == "TaskHeartbeat") == [0, 56, 100]
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
+
+
+def test_a_finished_asset_task_names_its_asset_partition_in_the_ledger(tmp_path: Path) -> None:
+    """SPEC §7: partition status is folded from TaskFinished events that carry
+    asset_key/partition_key, so a task declared with them reports them on every
+    finish (from the plan, not from the worker), and a success names its
+    materialization (the attempt id)."""
+    import json
+
+    from servo.storage import Ledger
+
+    pipeline = Pipeline("assets")
+
+    @pipeline.task(asset_key="sales", partition_key="2026-01-01", max_attempts=2)
+    def sales(ctx: TaskContext) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("busy")
+
+    @pipeline.task(depends_on=[sales])
+    def plain() -> None: ...
+
+    home = Home.open(tmp_path / "home")
+    outcome = EmbeddedEngine(home, pipeline, poll_seconds=0.01).run(timeout=60)
+    assert outcome.state == "SUCCEEDED"
+    ledger = Ledger(home.store)
+    finished = [
+        e["data"]
+        for e in (json.loads(ledger.read(n.rsplit("/", 1)[1].removesuffix(".json"))) for n in ledger.list_event_names())
+        if e["event_type"] == "TaskFinished"
+    ]
+    by_attempt = {(d["task_key"], d["attempt"]): d for d in finished}
+    failed, succeeded = by_attempt[("sales", 1)], by_attempt[("sales", 2)]
+    assert (failed["asset_key"], failed["partition_key"]) == ("sales", "2026-01-01")
+    assert "materialization_id" not in failed
+    assert (succeeded["asset_key"], succeeded["partition_key"]) == ("sales", "2026-01-01")
+    assert succeeded["materialization_id"] == succeeded["attempt_id"]
+    assert "asset_key" not in by_attempt[("plain", 1)]

@@ -60,6 +60,8 @@ class TaskRecord:
     finished_at: datetime | None
     worker_queue: str | None
     row_version: str
+    asset_key: str | None = None
+    partition_key: str | None = None
 
     @property
     def is_live(self) -> bool:
@@ -301,6 +303,8 @@ class ProjectionView:
                 finished_at=_ts(r["finished_at"], "finished_at"),
                 worker_queue=r["worker_queue"],
                 row_version=r["row_version"],
+                asset_key=r.get("asset_key"),
+                partition_key=r.get("partition_key"),
             )
         if table == "runs":
             created = _ts(r.get("created_at"), "created_at")
@@ -396,7 +400,7 @@ class ProjectionView:
                         t.run_id, t.task_key, t.state, t.attempt, t.attempt_id, t.deps_total,
                         t.deps_satisfied_count, t.max_attempts, t.heartbeat_timeout_sec,
                         t.last_heartbeat_at, t.ready_at, t.started_at, t.finished_at,
-                        t.worker_queue, t.row_version,
+                        t.worker_queue, t.row_version, t.asset_key, t.partition_key,
                     )
                 )
             for o in part.outbox.values():
