@@ -141,7 +141,7 @@ class Pipeline:
         fn: F | None = None,
         *,
         name: str | None = None,
-        depends_on: Iterable[str | Callable[..., Any]] = (),
+        depends_on: Iterable[str | Callable[..., Any]] | str | Callable[..., Any] = (),
         max_attempts: int = 1,
         heartbeat_timeout_sec: int = 300,
         retry: RetryPolicy | None = None,
@@ -163,7 +163,8 @@ class Pipeline:
                 if label is not None and (not isinstance(label, str) or not label):
                     raise PipelineError(f"task {key!r}: {what} must be a non-empty string, not {label!r}")
             _check_key(f"task {key!r}: worker_queue", worker_queue)
-            deps = tuple(sorted({d if isinstance(d, str) else _task_name(d) for d in depends_on}))
+            upstream = [depends_on] if isinstance(depends_on, str) or callable(depends_on) else depends_on
+            deps = tuple(sorted({d if isinstance(d, str) else _task_name(d) for d in upstream}))
             for dep in deps:
                 if dep not in self.tasks:
                     raise PipelineError(

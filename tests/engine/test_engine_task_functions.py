@@ -384,3 +384,21 @@ def test_a_finished_asset_task_names_its_asset_partition_in_the_ledger(tmp_path:
     assert (succeeded["asset_key"], succeeded["partition_key"]) == ("sales", "2026-01-01")
     assert succeeded["materialization_id"] == succeeded["attempt_id"]
     assert "asset_key" not in by_attempt[("plain", 1)]
+
+
+def test_depends_on_takes_one_task_as_well_as_a_list() -> None:
+    """`depends_on="extract"` (or the function itself) means that one task, not its
+    letters."""
+    pipeline = Pipeline("p")
+
+    @pipeline.task
+    def extract() -> None: ...
+
+    @pipeline.task(depends_on="extract")
+    def by_name() -> None: ...
+
+    @pipeline.task(depends_on=extract)
+    def by_function() -> None: ...
+
+    assert pipeline.tasks["by_name"].depends_on == ("extract",)
+    assert pipeline.tasks["by_function"].depends_on == ("extract",)
