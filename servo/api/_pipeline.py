@@ -216,6 +216,14 @@ class Pipeline:
             raise TaskExited(f"the task called sys.exit({exc.code!r})").with_traceback(exc.__traceback__) from None
         except KeyboardInterrupt as exc:
             raise TaskExited("the task raised KeyboardInterrupt").with_traceback(exc.__traceback__) from None
+        except Exception:
+            raise
+        except BaseException as exc:  # not an Exception: it must not escape the worker
+            try:
+                shown = repr(exc)
+            except Exception:
+                shown = type(exc).__name__
+            raise TaskExited(f"the task raised {shown}").with_traceback(exc.__traceback__) from None
 
 
 async def _awaited(awaitable: Any) -> Any:

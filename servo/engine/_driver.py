@@ -27,7 +27,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -72,6 +71,7 @@ from servo.worker import (
     CallbackService,
     Delivery,
     StaleAttemptRejected,
+    describe_error,
     dispatch_target,
     progress_percent,
 )
@@ -725,10 +725,7 @@ class EmbeddedEngine:
                 raise  # ctx.heartbeat() found the attempt ended (cancelled, timed out): see below
             except Exception as exc:
                 _observe.task_finished(delivery, time.perf_counter() - began, exc)
-                message = f"{type(exc).__name__}: {exc}"
-                last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-                where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-                self.callbacks.finished(delivery, worker_id, "FAILED", message + where)
+                self.callbacks.finished(delivery, worker_id, "FAILED", describe_error(exc))
             else:
                 _observe.task_finished(delivery, time.perf_counter() - began)
                 self.callbacks.finished(delivery, worker_id, "SUCCEEDED")

@@ -33,7 +33,7 @@ from servo.core.controllers import (
 from servo.core.events import Event
 from servo.queue import SqliteQueue
 from servo.storage import Ledger
-from servo.worker import Delivery
+from servo.worker import Delivery, error_text
 
 __all__ = [
     "RunTraces",
@@ -156,11 +156,10 @@ def task_finished(delivery: Delivery, seconds: float, error: BaseException | Non
     obs.record_error("task", error)
     obs.mark_span_failed(error)
     _worker_log.warning(
-        "task %s attempt %d failed: %s: %s",
+        "task %s attempt %d failed: %s",
         delivery.task_key,
         delivery.attempt,
-        type(error).__name__,
-        error,
+        error_text(error),
         extra={"component": "task", "error_type": type(error).__name__, "seconds": round(seconds, 6)},
     )
 

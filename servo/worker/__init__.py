@@ -13,7 +13,9 @@ from servo.worker._contract import (
     ForgedCallback,
     StaleAttemptRejected,
     attempt_token,
+    describe_error,
     dispatch_target,
+    error_text,
     progress_percent,
 )
 
@@ -30,7 +32,9 @@ __all__ = [
     "ServerUnreachable",
     "StaleAttemptRejected",
     "attempt_token",
+    "describe_error",
     "dispatch_target",
+    "error_text",
     "progress_percent",
 ]
 

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import math
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -33,7 +34,9 @@ __all__ = [
     "ForgedCallback",
     "StaleAttemptRejected",
     "attempt_token",
+    "describe_error",
     "dispatch_target",
+    "error_text",
     "progress_percent",
 ]
 
@@ -59,6 +62,24 @@ def progress_percent(progress_pct: object) -> int | None:
         raise ValueError(f"ctx.heartbeat(progress_pct): expected a number from 0 to 100, not {progress_pct!r}")
     return min(100, max(0, round(progress_pct)))
 
+
+def error_text(exc: BaseException) -> str:
+    """`Type: message` of a task's exception, safe for any exception: one whose
+    `str()` raises falls back to its repr, then to its type alone."""
+    for render in (str, repr):
+        try:
+            text = render(exc)
+        except Exception:
+            continue
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: <unprintable>"
+
+
+def describe_error(exc: BaseException) -> str:
+    """`error_text` plus where the exception was raised (its last traceback frame): the
+    error_message a failed attempt reports."""
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    return error_text(exc) + (f" (at {last[0].filename}:{last[0].lineno})" if last else "")
 
 class CallbackRejected(ServoError):
     """A callback was refused; `status` is the HTTP status to answer with."""

@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -37,6 +36,7 @@ from servo.worker._contract import (
     Delivery,
     ForgedCallback,
     StaleAttemptRejected,
+    describe_error,
     dispatch_target,
     progress_percent,
 )
@@ -238,7 +238,7 @@ class HttpWorker:
             self.handled += 1
             return
         except Exception as exc:
-            outcome, error = "FAILED", _describe(exc)
+            outcome, error = "FAILED", describe_error(exc)
         extra: dict[str, Any] = {"outcome": outcome}
         if error:
             extra["error_message"] = error
@@ -261,7 +261,3 @@ def _detail(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-def _describe(exc: BaseException) -> str:
-    message = f"{type(exc).__name__}: {exc}"
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    return message + (f" (at {last[0].filename}:{last[0].lineno})" if last else "")

@@ -402,3 +402,45 @@ def test_depends_on_takes_one_task_as_well_as_a_list() -> None:
 
     assert pipeline.tasks["by_name"].depends_on == ("extract",)
     assert pipeline.tasks["by_function"].depends_on == ("extract",)
+
+
+def test_an_exception_that_cannot_be_printed_still_fails_its_attempt_once(tmp_path: Path) -> None:
+    """An exception whose str() raises is reported by type (and repr if that works), the
+    attempt fails, and the run ends: it is not re-run forever as a worker failure."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no str for you")
+
+    pipeline = Pipeline("weird")
+    runs: list[int] = []
+
+    @pipeline.task()
+    def weird() -> None:
+        runs.append(1)
+        raise Unprintable()
+
+    states = run(tmp_path, pipeline)
+    assert states["weird"][0] == "FAILED" and states["weird"][1] == 1
+    assert (states["weird"][2] or "").startswith("Unprintable")
+    assert len(runs) == 1
+
+
+def test_a_base_exception_from_a_task_fails_that_attempt_like_any_other(tmp_path: Path) -> None:
+    """A BaseException that is not an Exception (a library's own "abort" class) ends the
+    attempt FAILED (TaskExited) instead of escaping the worker and being re-run."""
+
+    class Abort(BaseException):
+        pass
+
+    pipeline = Pipeline("abort")
+    runs: list[int] = []
+
+    @pipeline.task()
+    def aborting() -> None:
+        runs.append(1)
+        raise Abort("stop everything")
+
+    states = run(tmp_path, pipeline)
+    assert states["aborting"][0] == "FAILED" and states["aborting"][1] == 1
+    assert "Abort" in (states["aborting"][2] or "") and len(runs) == 1

@@ -14,7 +14,9 @@ EXPECTED = {
     "ServerUnreachable",
     "StaleAttemptRejected",
     "attempt_token",
+    "describe_error",
     "dispatch_target",
+    "error_text",
     "progress_percent",
 }
 
