@@ -65,6 +65,21 @@ def expected_states(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
     return states
 
 
+def start_together_and_kill(rng: random.Random, commands: list[list[str]], after: float) -> list[tuple[int, str]]:
+    """Start the commands at once; after `after` s SIGKILL each still running (with
+    probability 0.7); return each one's exit code and stderr."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) for c in commands]
+    time.sleep(after)
+    for proc in procs:
+        if proc.poll() is None and rng.random() < 0.7:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = []
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        out.append((proc.returncode, stderr.decode()))
+    return out
+
+
 def servo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "servo.cli", *args], capture_output=True, text=True, timeout=300)
 
@@ -77,16 +92,9 @@ def test_random_pipelines_under_two_engines_and_sigkill_end_as_their_tasks_say(t
     command = [sys.executable, "-m", "servo.cli", "run", str(tmp_path / "p.py"), "--home", str(home), "--json",
                "--run-key", "fuzz", "--workers", rng.choice(["1", "2", "4"])]
     for _ in range(rng.choice([1, 2])):
-        pair = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-                for _ in range(2)]
-        time.sleep(rng.uniform(0.2, 1.2))
-        for proc in pair:
-            if proc.poll() is None and rng.random() < 0.7:
-                os.killpg(proc.pid, signal.SIGKILL)
-        for proc in pair:
-            _, stderr = proc.communicate(timeout=300)
-            assert proc.returncode in (0, 1, -signal.SIGKILL), stderr.decode()
-            assert b"Traceback" not in stderr, stderr.decode()
+        for returncode, stderr in start_together_and_kill(rng, [command, command], rng.uniform(0.2, 1.2)):
+            assert returncode in (0, 1, -signal.SIGKILL), stderr
+            assert "Traceback" not in stderr, stderr
 
     final = servo(*command[3:])
     assert "Traceback" not in final.stderr, final.stderr
@@ -150,14 +158,8 @@ def test_two_pipelines_sharing_a_home_under_sigkill_each_run_only_their_own_code
                "--run-key", name]
         for name in specs
     }
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) for c in commands.values()]
-    time.sleep(rng.uniform(0.3, 1.5))
-    for proc in procs:
-        if proc.poll() is None and rng.random() < 0.7:
-            os.killpg(proc.pid, signal.SIGKILL)
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=300)
-        assert b"Traceback" not in stderr and b"not declared in pipeline" not in stderr, stderr.decode()
+    for _, stderr in start_together_and_kill(rng, list(commands.values()), rng.uniform(0.3, 1.5)):
+        assert "Traceback" not in stderr and "not declared in pipeline" not in stderr, stderr
     run_ids: dict[str, str] = {}
     for name, tasks in specs.items():
         final = servo(*commands[name][3:])
