@@ -152,7 +152,9 @@ class Pipeline:
         """Register a function as a task (usable as `@pipeline.task` or `@pipeline.task(...)`)."""
 
         def register(func: F) -> F:
-            key = name or func.__name__
+            key = name or getattr(func, "__name__", None)
+            if not isinstance(key, str) or key == "<lambda>":
+                raise PipelineError(f"{func!r} has no usable name: pass name=... to pipeline.task")
             _check_key("task name", key)
             if key in self.tasks:
                 raise PipelineError(f"pipeline {self.name!r}: task {key!r} is declared twice")

@@ -444,3 +444,15 @@ def test_a_base_exception_from_a_task_fails_that_attempt_like_any_other(tmp_path
     states = run(tmp_path, pipeline)
     assert states["aborting"][0] == "FAILED" and states["aborting"][1] == 1
     assert "Abort" in (states["aborting"][2] or "") and len(runs) == 1
+
+
+def test_a_task_without_a_usable_name_asks_for_one() -> None:
+    import functools
+
+    pipeline = Pipeline("p")
+    with pytest.raises(PipelineError, match="pass name="):
+        pipeline.task(functools.partial(print, 1))
+    with pytest.raises(PipelineError, match="pass name="):
+        pipeline.task(lambda: None)
+    pipeline.task(functools.partial(print, 1), name="printer")
+    assert list(pipeline.tasks) == ["printer"]
