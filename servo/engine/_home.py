@@ -45,7 +45,10 @@ class Home:
         if not path.exists():
             if not create:
                 raise HomeError(f"{path}: no Servo home here (run `servo run` first, or pass --home)")
-            path.mkdir(parents=True, exist_ok=True)  # another process may make it first
+            try:
+                path.mkdir(parents=True, exist_ok=True)  # another process may make it first
+            except OSError as exc:
+                raise HomeError(f"cannot create a Servo home at {path}: {exc.strerror or exc}") from None
         return cls(path.resolve())
 
     @staticmethod

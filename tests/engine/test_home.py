@@ -7,7 +7,9 @@ import sys
 import threading
 from pathlib import Path
 
-from servo.engine import Home
+import pytest
+
+from servo.engine import Home, HomeError
 
 READ_SECRET = "import sys; from servo.engine import Home; print(Home.open(sys.argv[1]).secret.decode())"
 
@@ -69,3 +71,16 @@ def test_processes_opening_a_fresh_home_at_once_all_get_it(tmp_path: Path) -> No
 
         with ThreadPoolExecutor(max_workers=6) as pool:
             assert set(pool.map(open_home, range(6))) == {root.resolve()}
+
+
+def test_a_home_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(HomeError, match="cannot create a Servo home"):
+        Home.open(blocker / "home")  # a parent that is a file
+    result = subprocess.run(
+        [sys.executable, "-m", "servo.cli", "run", "examples/pipeline.py", "--home", str(blocker / "home")],
+        capture_output=True, text=True, timeout=60, check=False, cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == 2 and "cannot create a Servo home" in result.stderr
+    assert "Traceback" not in result.stderr
