@@ -19,13 +19,13 @@ import asyncio
 import hashlib
 import inspect
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from servo._errors import ServoError
 from servo.core.controllers import ON_SLA_MISS_LABEL, RETRY_LABEL, SLA_LABEL
+from servo.core.ids import is_finite_number
 
 __all__ = ["Pipeline", "PipelineError", "RetryPolicy", "TaskContext", "TaskExited", "TaskSpec"]
 
@@ -68,7 +68,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         for what, value, least in (("base_sec", self.base_sec, 0.0), ("factor", self.factor, 1.0), ("cap_sec", self.cap_sec, 0.0)):
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < least:
+            if not is_finite_number(value) or value < least:
                 raise PipelineError(f"RetryPolicy: {what} must be a finite number >= {least:g}, not {value!r}")
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "dispatch_id",
     "dispatch_run_id",
     "heartbeat_timer_id",
+    "is_finite_number",
     "is_ulid",
     "new_ulid",
     "parse_timer_id",
@@ -348,6 +349,12 @@ def sha256_hex(s: str) -> str:
 
 
 # --- retry schedule -------------------------------------------------------------------
+
+
+def is_finite_number(value: object) -> bool:
+    """A finite int or float, and not a bool (which Python counts as an int): what a
+    retry setting (and one carried in a run's labels) must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def retry_backoff(

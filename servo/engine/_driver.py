@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -609,8 +609,9 @@ class EmbeddedEngine:
         except CallbackRejected:
             return True  # the contract refuses it
         run = view.runs.get(delivery.run_id)
-        pipeline = delivery.pipeline or (None if run is None else run.pipeline)
-        return pipeline is None or pipeline == self.pipeline.name
+        if delivery.pipeline is None and run is not None:  # an older delivery: its run says
+            delivery = replace(delivery, pipeline=run.pipeline)
+        return delivery.runs_on(self.pipeline.name)
 
     @staticmethod
     def _knows(view: ProjectionView, payload: bytes) -> bool:

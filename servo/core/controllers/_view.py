@@ -22,7 +22,7 @@ from typing import Any
 
 from servo.core.events import parse_timestamp
 from servo.core.fold import Projection
-from servo.core.ids import dispatch_cloud_task_id, timer_cloud_task_id
+from servo.core.ids import dispatch_cloud_task_id, is_finite_number, timer_cloud_task_id
 
 __all__ = [
     "ON_SLA_MISS_LABEL",
@@ -132,7 +132,7 @@ def run_retry(labels: object) -> tuple[tuple[str, tuple[float, float, float]], .
         if (
             isinstance(value, list)
             and len(value) == 3
-            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            and all(is_finite_number(v) for v in value)
             and value[0] >= 0
             and value[1] >= 1
             and value[2] >= 0
