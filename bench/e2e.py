@@ -116,11 +116,11 @@ def _servo(shape: str, n: int, workdir: Path) -> dict[str, Any]:
         failed = next((t for t in outcome.tasks if t["state"] == "FAILED"), None)
         raise SystemExit(f"servo run ended {outcome.state} after {wall:.0f} s: tasks {states}; first failed: {failed}")
     ledger = Ledger(home.store)
-    names = ledger.list_event_names()
     stamps: dict[str, dict[str, float]] = {"TaskFinished": {}, "DispatchRequested": {}, "TaskStarted": {}}
     enqueued: dict[str, float] = {}
-    for name in names:
-        event = orjson.loads(ledger.read(name.rsplit("/", 1)[1].removesuffix(".json")))
+    event_ids = ledger.list_event_ids().event_ids
+    for event_id in event_ids:
+        event = orjson.loads(ledger.read(event_id))
         kind, data = event["event_type"], event["data"]
         at = parse_timestamp(event["occurred_at"], "occurred_at").timestamp()
         if kind in stamps:
@@ -132,7 +132,7 @@ def _servo(shape: str, n: int, workdir: Path) -> dict[str, Any]:
         "wall_s": wall,
         "ms_per_task": wall * 1000 / n,
         "peak_rss_mib": rss,
-        "events": len(names),
+        "events": len(event_ids),
         "requested": _latency(graph, finished, stamps["DispatchRequested"]),
         "enqueued": _latency(graph, finished, enqueued),
         "started": _latency(graph, finished, stamps["TaskStarted"]),

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servo._errors import ServoError
+from servo.cli._ledger import stray_warning
 
 __all__ = ["fold_command"]
 
@@ -45,7 +46,9 @@ def fold_command(
             from servo.engine import Home
 
             if Home.holds_store(events):
-                projection = fold_lines(Home.open(events, create=False).ledger_events(), spec, registry())
+                projection = fold_lines(
+                    Home.open(events, create=False).ledger_events(stray_warning(err)), spec, registry()
+                )
             else:
                 files = sorted(events.rglob("*.json"))
                 # A workspace directory of a home also holds manifests: take its ledger.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, BinaryIO
 
@@ -15,6 +15,16 @@ from servo._errors import ServoError
 __all__ = ["ledger_app", "write_jsonl"]
 
 ledger_app = typer.Typer(help="Read a home's ledger (the auditor's export).", no_args_is_help=True)
+
+
+def stray_warning(err: Console) -> Callable[[str], None]:
+    """How `ledger export` and `fold HOME` name a file in the ledger that is not an event."""
+    from servo.engine._home import STRAY
+
+    def warn(name: str) -> None:
+        err.print(f"warning: skipped {name}: {STRAY}", markup=False, highlight=False)
+
+    return warn
 
 
 def write_jsonl(events: Iterable[bytes], sink: BinaryIO) -> int:
@@ -41,7 +51,7 @@ def export_command(
     try:
         if not Home.holds_store(home):
             raise ServoError(f"{home}: no Servo home here (run `servo run` first, or pass --home)")
-        events = Home.open(home, create=False).ledger_events()
+        events = Home.open(home, create=False).ledger_events(stray_warning(err))
         if out is None:
             write_jsonl(events, sys.stdout.buffer)
             sys.stdout.buffer.flush()

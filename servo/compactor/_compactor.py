@@ -26,7 +26,15 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from servo._errors import CasConflict, FencedOut, ObjectExists, ObjectNotFound, ServoError
+from servo._errors import (
+    CasConflict,
+    CorruptState,
+    FencedOut,
+    InvalidId,
+    ObjectExists,
+    ObjectNotFound,
+    ServoError,
+)
 from servo.compactor._manifest import Manifest, ManifestStore, manifest_name
 from servo.core._registry import Registry
 from servo.core.events import format_timestamp
@@ -59,6 +67,17 @@ def _manifest_seq(name: str) -> int | None:
     """The seq of `manifests/{seq:012d}.json`; None for the pointer or anything else."""
     stem = name.removeprefix("manifests/").removesuffix(".json")
     return int(stem) if len(stem) == 12 and stem.isdigit() else None
+
+
+def _event_ids(name: str, data: bytes) -> list[str]:
+    """A state key list (`_events.json`), or CorruptState naming it."""
+    try:
+        ids = json.loads(data)
+    except ValueError:
+        ids = None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise CorruptState(f"published state {name!r} is unreadable (not a list of event ids)")
+    return ids
 
 
 def _no_crash(point: str) -> None:
@@ -108,58 +127,93 @@ class Compactor:
         self.gc_floor = 0
         """Every state file and manifest numbered below this has been collected."""
         self._bases: list[tuple[int, datetime]] = []  # (seq, published at) of recent bases
+        self._strays: set[str] = set()  # ledger objects that are not events, reported once each
 
     # ------------------------------------------------------------ lifecycle --
 
     def start(self) -> Manifest:
-        """Take a new fencing epoch, rebuild from the latest manifest, publish a fence."""
+        """Take a new fencing epoch, rebuild from the latest manifest, publish a fence.
+
+        Derived state is not the record: if the latest manifest, or a key list it names,
+        is unreadable or gone (a disk fault, a hand edit), the projection is folded again
+        from the whole ledger (a listing: repair, P6) and the fence is a new base.
+        """
         self.epoch = self._acquire_epoch()
-        latest = self._rebuild_latest()
+        latest, damaged = self._rebuild_latest()
         while True:
-            seq = (latest.seq if latest else 0) + 1
-            fence = Manifest(
-                seq=seq,
-                epoch=self.epoch,
-                watermark=latest.watermark if latest else None,
-                last_event_id=latest.last_event_id if latest else "",
-                base=dict(latest.base) if latest else {},
-                deltas=latest.deltas if latest else (),
-            )
+            seq = (latest.seq if latest else damaged) + 1
+            if damaged:
+                fence = self._write_base(seq, [])
+            else:
+                fence = Manifest(
+                    seq=seq,
+                    epoch=self.epoch,
+                    watermark=latest.watermark if latest else None,
+                    last_event_id=latest.last_event_id if latest else "",
+                    base=dict(latest.base) if latest else {},
+                    deltas=latest.deltas if latest else (),
+                )
             if self.manifests.publish(fence):
                 self.manifest = fence
                 self._move_pointer(force=True)
                 self._note_base(fence, datetime.now(UTC))  # its age counts from now
                 return fence
-            latest = self.manifests.latest()
-            if latest is not None and latest.epoch > self.epoch:
-                raise FencedOut(f"compactor epoch {self.epoch} was deposed by epoch {latest.epoch}")
-            if latest is not None and latest.epoch == self.epoch:  # pragma: no cover - unique epochs
-                raise CasConflict(f"manifest {seq} taken within epoch {self.epoch}")
-            if latest is not None:
-                latest = self._rebuild_latest()
+            newest = self._latest_epoch()
+            if newest > self.epoch:
+                raise FencedOut(f"compactor epoch {self.epoch} was deposed by epoch {newest}")
+            latest, damaged = self._rebuild_latest()
 
-    def _rebuild_latest(self) -> Manifest | None:
-        """Rebuild from the latest manifest; if the running leader collected its files
-        meanwhile (a rebuild slower than the GC grace), from the next latest."""
+    def _rebuild_latest(self) -> tuple[Manifest | None, int]:
+        """Rebuild from the latest manifest: (it, 0); (None, 0) before any. If the
+        running leader collected its files meanwhile (a rebuild slower than the GC
+        grace), from the next latest. If it or a key list it names cannot be read,
+        from the ledger: (None, its seq)."""
         for _ in range(5):
-            latest = self.manifests.latest()
-            if latest is None:
-                return None
+            seq = self.manifests.latest_seq()
+            if seq == 0:
+                return None, 0
             try:
+                latest = self.manifests.get(seq)
                 self._rebuild(latest)
-            except ObjectNotFound:
-                continue
-            return latest
+            except ObjectNotFound as exc:
+                if self.manifests.latest_seq() != seq:
+                    continue  # collected under this rebuild: a newer manifest supersedes it
+                problem: ServoError = exc
+            except CorruptState as exc:
+                problem = exc
+            else:
+                return latest, 0
+            _LOG.warning("%s; folding the whole ledger again to rebuild the published state", problem)
+            record_error("compactor", problem)
+            self._rebuild_from_ledger()
+            return None, seq
         raise FencedOut("the manifests keep moving under this compactor's rebuild; another compactor is active")
 
+    def _latest_epoch(self) -> int:
+        """The epoch of the newest readable manifest (0: none): a floor for a new epoch
+        when the epoch object is lost or unreadable."""
+        seq = self.manifests.latest_seq()
+        for candidate in range(seq, max(0, seq - 64), -1):
+            try:
+                return self.manifests.get(candidate).epoch
+            except (ObjectNotFound, CorruptState):
+                continue
+        return 0
+
     def _acquire_epoch(self) -> int:
-        """CAS-increment the epoch object; a lost race is retried with the new value."""
+        """CAS-increment the epoch object; a lost race is retried with the new value.
+        A missing or unreadable epoch object is replaced by one past every epoch a
+        recent manifest names."""
         while True:
             try:
                 current = self.store.get(EPOCH_OBJECT)
-                epoch, generation = int(current.data) + 1, current.generation
+                generation = current.generation
+                epoch = int(current.data) + 1
             except ObjectNotFound:
-                epoch, generation = 1, 0
+                epoch, generation = self._latest_epoch() + 1, 0
+            except ValueError:
+                _LOG.warning("the compactor epoch object is unreadable; replacing it with the next epoch")
+                epoch = self._latest_epoch() + 1
             try:
                 self.store.put_if_generation_match(EPOCH_OBJECT, str(epoch).encode(), generation)
                 return epoch
@@ -173,10 +227,18 @@ class Compactor:
         for files in (manifest.base, *manifest.deltas):
             name = files.get("_events")
             if name:
-                ids.extend(json.loads(self.store.get(name).data))
+                ids.extend(_event_ids(name, self.store.get(name).data))
         self._fold_ids(ids)
         self.projection.take_changes()
         self._folded = set(ids)
+
+    def _rebuild_from_ledger(self) -> None:
+        """Fold every event of the ledger again (a listing: repair only, P6)."""
+        self.projection = Projection(self.spec, self.registry, keep_history=True)
+        self._folded = set()
+        read = self._fold_ids(self._listed())
+        self.projection.take_changes()
+        self._folded = set(read)
 
     # ------------------------------------------------------------- ingest --
 
@@ -205,11 +267,22 @@ class Compactor:
         before = len(self._pending)
         prefixes = [""] if days is None else [f"{day.isoformat()}/" for day in sorted(set(days))]
         for prefix in prefixes:
-            for name in self.ledger.list_event_names(prefix):
-                event_id = name.rsplit("/", 1)[-1].removesuffix(".json")
+            for event_id in self._listed(prefix):
                 if event_id not in self._folded:
                     self._pending[event_id] = None
         return len(self._pending) - before
+
+    def _listed(self, prefix: str = "") -> list[str]:
+        """The event ids a listing of the ledger finds; an object there that is not an
+        event is reported (once) and never folded."""
+        listed = self.ledger.list_event_ids(prefix)
+        for name in listed.strays:
+            if name not in self._strays:
+                self._strays.add(name)
+                stray = InvalidId(f"ledger object {name!r} is not an event file ({{day}}/{{event_id}}.json); skipped")
+                _LOG.warning("%s", stray)
+                record_error("compactor", stray)
+        return listed.event_ids
 
     def _fold_ids(self, ids: list[str]) -> list[str]:
         payloads: list[bytes] = []
@@ -332,6 +405,10 @@ class Compactor:
             try:
                 manifest = self.manifests.get(seq)
             except ObjectNotFound:
+                continue
+            except CorruptState:  # superseded anyway; the files it named are orphans now
+                if seq < keep_manifests_from:
+                    deleted += self.store.delete(manifest_name(seq))
                 continue
             for files in (manifest.base, *manifest.deltas):
                 for name in files.values():

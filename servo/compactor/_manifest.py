@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from servo._errors import CasConflict, ObjectExists, ObjectNotFound
+from servo._errors import CasConflict, CorruptState, ObjectExists, ObjectNotFound
 from servo.obs import MANIFEST_PUBLISH_SECONDS, timed
 from servo.storage import ScopedStore, StoredObject
 
@@ -59,17 +59,43 @@ class Manifest:
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
-        """Parse a manifest object."""
-        body = json.loads(data)
-        return cls(
-            seq=int(body["seq"]),
-            epoch=int(body["epoch"]),
-            watermark=body["watermark"],
-            last_event_id=body["last_event_id"],
-            base=dict(body["base"]),
-            deltas=tuple(dict(d) for d in body["deltas"]),
-        )
+    def from_json(cls, data: bytes, name: str = "manifest") -> Manifest:
+        """Parse a manifest object; CorruptState (naming `name`) if it is not one."""
+        try:
+            body = json.loads(data)
+            manifest = cls(
+                seq=int(body["seq"]),
+                epoch=int(body["epoch"]),
+                watermark=body["watermark"],
+                last_event_id=str(body["last_event_id"]),
+                base=_files(body["base"]),
+                deltas=tuple(_files(d) for d in body["deltas"]),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CorruptState(
+                f"published state {name!r} is unreadable ({type(exc).__name__}: {exc}); it is derived from the "
+                "ledger: the next `servo run` on this home rebuilds it"
+            ) from None
+        if manifest.watermark is not None and not isinstance(manifest.watermark, str):
+            raise CorruptState(f"published state {name!r} is unreadable (watermark {manifest.watermark!r})")
+        return manifest
+
+
+def _files(value: Any) -> dict[str, str]:
+    """A manifest's table -> object map, checked (TypeError if it is not one)."""
+    files = dict(value)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise TypeError("a file map holds a non-string")
+    return files
+
+
+def _pointed(data: bytes) -> int:
+    """The seq a pointer object names; 0 if it is unreadable (it is only a hint, and
+    the next move overwrites it)."""
+    try:
+        return max(0, int(data))
+    except ValueError:
+        return 0
 
 
 class ObjectReader(Protocol):
@@ -91,15 +117,19 @@ class ManifestReader:
         self.store = store
         self._known = 0  # the newest seq this reader has seen: probing starts there too
 
+    def latest_seq(self) -> int:
+        """The seq of the newest manifest (0: none yet), by name only: start at the
+        pointer hint (or the newest seq seen, if further: the pointer moves about once a
+        second) and probe forward."""
+        seq = max(self.pointer_seq(), self._known)
+        while self.store.head(manifest_name(seq + 1)) is not None:
+            seq += 1
+        return seq
+
     def latest(self) -> Manifest | None:
-        """The newest manifest: start at the pointer hint (or the newest seq seen, if
-        further: the pointer moves about once a second), probe forward by name."""
+        """The newest manifest (CorruptState if it cannot be parsed)."""
         for _ in range(3):
-            seq = max(self.pointer_seq(), self._known)
-            if seq == 0 and self.store.head(manifest_name(1)) is None:
-                return None
-            while self.store.head(manifest_name(seq + 1)) is not None:
-                seq += 1
+            seq = self.latest_seq()
             if seq == 0:
                 return None
             try:
@@ -114,14 +144,16 @@ class ManifestReader:
         raise ObjectNotFound("no readable manifest: the latest ones keep being collected")
 
     def get(self, seq: int) -> Manifest:
-        """Manifest `seq` (ObjectNotFound if it was never published)."""
-        return Manifest.from_json(self.store.get(manifest_name(seq)).data)
+        """Manifest `seq` (ObjectNotFound if it was never published, CorruptState if
+        it cannot be parsed)."""
+        name = manifest_name(seq)
+        return Manifest.from_json(self.store.get(name).data, name)
 
     def pointer_seq(self) -> int:
         """The seq the pointer names (0 if it is missing or unreadable): a hint only."""
         try:
-            return int(self.store.get(POINTER).data)
-        except (ObjectNotFound, ValueError):
+            return _pointed(self.store.get(POINTER).data)
+        except ObjectNotFound:
             return 0
 
 
@@ -149,7 +181,7 @@ class ManifestStore(ManifestReader):
             generation = 0
         else:
             generation = current.generation
-            if int(current.data) >= seq:
+            if _pointed(current.data) >= seq:
                 return
         try:
             self.writer.put_if_generation_match(POINTER, str(seq).encode(), generation)

@@ -133,10 +133,13 @@ class ProjectionReader:
             except CorruptState:
                 self._base = None  # half applied: the next read starts over
                 raise
-            except ObjectNotFound:
+            except ObjectNotFound as exc:
                 self._base = None  # what was applied may be half a delta: rebuild
-                if attempt == 4:
-                    raise
+                if attempt == 4:  # not a collection race: the manifest names a file that is gone
+                    raise CorruptState(
+                        f"published state is missing ({exc}); it is derived from the ledger: "
+                        "the next `servo run` on this home rebuilds it"
+                    ) from None
                 continue
             return manifest
         return None  # pragma: no cover - the loop returns or raises

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from servo._errors import ServoError
 from servo.storage import Ledger, LocalStore, ScopedStore
+
+_LOG = logging.getLogger("servo.engine")
+STRAY = "not an event file ({day}/{event_id}.json) of this home's ledger"
 
 __all__ = ["Home", "HomeError"]
 
@@ -56,14 +60,21 @@ class Home:
         """Whether `root` looks like a home (it has a `store/`), without creating one."""
         return (Path(root) / "store").is_dir()
 
-    def ledger_events(self) -> Iterator[bytes]:
+    def ledger_events(self, on_stray: Callable[[str], None] | None = None) -> Iterator[bytes]:
         """Every event of this home's ledger, one envelope each, in event_id order.
 
         It lists the ledger (allowed: this is an export, not the correctness path, P6).
+        An object there that is not an event file (`{day}/{event_id}.json`) is skipped
+        and named to `on_stray` (default: a warning in the log).
         """
         ledger = Ledger(self.store)
-        ids = sorted(name.rsplit("/", 1)[1].removesuffix(".json") for name in ledger.list_event_names())
-        for event_id in ids:
+        listed = ledger.list_event_ids()
+        for name in listed.strays:
+            if on_stray is not None:
+                on_stray(name)
+            else:
+                _LOG.warning("skipped %s: %s", name, STRAY)
+        for event_id in sorted(listed.event_ids):
             yield ledger.read(event_id)
 
     @property

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from servo.storage._ledger import LEDGER_PREFIX, EventConflict, Ledger, ledger_object_name
+from servo.storage._ledger import (
+    LEDGER_PREFIX,
+    EventConflict,
+    Ledger,
+    ListedEvents,
+    ledger_object_name,
+)
 from servo.storage._local import LocalStore
 from servo.storage._memory import MemoryStore
 from servo.storage._protocol import BatchConflict, ObjectStore, StoredObject, put_each_if_absent
@@ -43,6 +49,7 @@ __all__ = [
     "GcsStore",
     "IdKind",
     "Ledger",
+    "ListedEvents",
     "LocalStore",
     "MemoryStore",
     "ObjectStore",

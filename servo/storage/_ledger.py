@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import date
 from functools import lru_cache
+from typing import NamedTuple
 
 from servo._errors import InvalidId, ObjectExists
 from servo.obs import LEDGER_APPEND_SECONDS, timed
 from servo.storage._protocol import BatchConflict
 from servo.storage._scope import ScopedStore, validate_id, validate_prefix
 
-__all__ = ["LEDGER_PREFIX", "EventConflict", "Ledger", "ledger_object_name"]
+__all__ = ["LEDGER_PREFIX", "EventConflict", "Ledger", "ListedEvents", "ledger_object_name"]
 
 LEDGER_PREFIX = "ledger/orchestration/"
 
@@ -67,6 +68,25 @@ def ledger_object_name(event_id: str) -> str:
     if day is None:
         raise InvalidId(f"invalid event id {event_id!r}: its timestamp is past year 9999")
     return f"{LEDGER_PREFIX}{day}/{event_id}.json"
+
+
+class ListedEvents(NamedTuple):
+    """What a listing of the ledger found: the ids of its event objects, and the names
+    of any other objects under it (a file copied in by hand, an event filed under the
+    wrong day), which are not events and are never folded."""
+
+    event_ids: list[str]
+    strays: list[str]
+
+
+def _event_id_of(name: str) -> str | None:
+    """The event id a listed ledger object is filed under, or None if `name` is not
+    where that event belongs (`{day of its id}/{id}.json`)."""
+    event_id = name.rsplit("/", 1)[-1].removesuffix(".json")
+    try:
+        return event_id if ledger_object_name(event_id) == name else None
+    except InvalidId:
+        return None
 
 
 def _conflict(event_ids: list[str], created: list[bool]) -> EventConflict:
@@ -156,3 +176,16 @@ class Ledger:
         """
         validate_prefix(prefix)
         return self.store.list_prefix(LEDGER_PREFIX + prefix)
+
+    def list_event_ids(self, prefix: str = "") -> ListedEvents:
+        """The event ids under ``ledger/orchestration/{prefix}``, sorted, and the names
+        of the objects there that are not events (repair and anti-entropy only, P6)."""
+        ids: list[str] = []
+        strays: list[str] = []
+        for name in self.list_event_names(prefix):
+            event_id = _event_id_of(name)
+            if event_id is None:
+                strays.append(name)
+            else:
+                ids.append(event_id)
+        return ListedEvents(ids, strays)

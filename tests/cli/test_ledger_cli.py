@@ -73,3 +73,18 @@ def test_export_to_a_directory_says_it_wants_a_file(tmp_path: Path, spec: Spec, 
     assert into_dir.exit_code == 2
     assert "is a directory; --out takes a file path" in into_dir.output
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_export_and_fold_of_a_home_skip_and_name_files_that_are_not_events(
+    tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog
+) -> None:
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    before = runner.invoke(app, ["fold", str(home), "--json"]).stdout
+    day = next((home / "store").rglob("ledger/orchestration/*/*.json")).parent
+    (day / "notes.json").write_text('{"copied": "by hand"}')
+    exported = runner.invoke(app, ["ledger", "export", "--home", str(home)])
+    folded = runner.invoke(app, ["fold", str(home), "--json"])
+    assert exported.exit_code == folded.exit_code == 0, exported.output
+    assert "notes.json" in exported.stderr and "notes.json" in folded.stderr
+    assert "copied" not in exported.stdout
+    assert folded.stdout == before

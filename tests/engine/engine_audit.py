@@ -37,7 +37,7 @@ class Audit:
     @classmethod
     def of(cls, home: Home, spec: Spec, rules: Registry) -> Audit:
         ledger = Ledger(home.store)
-        lines = [ledger.read(n.rsplit("/", 1)[1].removesuffix(".json")) for n in ledger.list_event_names()]
+        lines = [ledger.read(i) for i in ledger.list_event_ids().event_ids]
         return cls([json.loads(line) for line in lines], fold_lines(lines, spec, rules).tables())
 
     @property

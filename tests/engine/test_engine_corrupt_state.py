@@ -3,10 +3,14 @@ and the engine rebuilds the tables from the ledger instead of dying on it."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from engine_audit import Audit
 
 from servo.api import Pipeline
@@ -57,3 +61,90 @@ def test_the_engine_rebuilds_published_state_from_the_ledger(tmp_path: Path, spe
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _object_path(home: Home, name: str) -> Path:
+    return home.root / "store" / "objects" / home.store.full_name(name)
+
+
+def _newest_manifest(home: Home) -> tuple[str, dict[str, object]]:
+    names = sorted(n for n in home.store.list_prefix("manifests/") if n.endswith(".json"))
+    return names[-1], json.loads(home.store.get(names[-1]).data)
+
+
+def _drop_newest_delta_file(home: Home, table: str) -> None:
+    _, manifest = _newest_manifest(home)
+    deltas = manifest["deltas"]
+    assert isinstance(deltas, list) and deltas, manifest
+    _object_path(home, next(d[table] for d in reversed(deltas) if table in d)).unlink()
+
+
+def _tear_newest_manifest(home: Home) -> None:
+    name, _ = _newest_manifest(home)
+    path = _object_path(home, name)
+    path.write_bytes(path.read_bytes()[:20])
+
+
+def _garble_epoch(home: Home) -> None:
+    _object_path(home, "compactor/epoch").write_bytes(b"{not an epoch")
+
+
+def _garble_pointer(home: Home) -> None:
+    _object_path(home, "manifests/latest").write_bytes(b"garbage")
+
+
+def _drop_every_derived_file(home: Home) -> None:
+    for name in home.store.list_prefix(""):
+        if not name.startswith("ledger/"):
+            _object_path(home, name).unlink()
+    home.queue_path.unlink()
+
+
+def _junk_in_the_ledger(home: Home) -> None:
+    day = sorted(home.store.list_prefix("ledger/orchestration/"))[-1].split("/")[2]
+    folder = _object_path(home, f"ledger/orchestration/{day}/x").parent
+    (folder / "notes.json").write_bytes(b'{"copied": "by hand"}')
+    (folder / "01JUNKJUNKJUNKJUNKJUNKJUNK.json").write_bytes(b"{not json")
+
+
+DAMAGE: dict[str, Callable[[Home], None]] = {
+    "delta key list deleted": lambda home: _drop_newest_delta_file(home, "_events"),
+    "delta table deleted": lambda home: _drop_newest_delta_file(home, "tasks"),
+    "newest manifest torn": _tear_newest_manifest,
+    "epoch unreadable": _garble_epoch,
+    "manifest pointer unreadable": _garble_pointer,
+    "every derived file deleted": _drop_every_derived_file,
+    "junk objects in the ledger folder": _junk_in_the_ledger,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_derived_state_heals_from_the_ledger(
+    tmp_path: Path, spec: Spec, rules: Registry, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever happened to the files derived from the ledger (state, manifests, the
+    compactor's epoch) or beside it, the next engine leads, rebuilds what it cannot read
+    from the ledger, and runs; readers name the problem instead of a traceback."""
+    home = Home.open(tmp_path / "home")
+    assert EmbeddedEngine(home, pipeline("first")).run(timeout=60).state == "SUCCEEDED"
+    DAMAGE[damage](home)
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "servo.cli", "runs", "list", "--home", str(home.root), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert listed.returncode in (0, 2) and "Traceback" not in listed.stderr, listed.stderr
+
+    with caplog.at_level(logging.WARNING):
+        outcome = EmbeddedEngine(home, pipeline("second")).run(timeout=15)
+    assert outcome.state == "SUCCEEDED"
+    audit = Audit.of(home, spec, rules)
+    assert sorted(r["state"] for r in audit.tables["runs"]) == ["SUCCEEDED", "SUCCEEDED"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "servo.cli", "runs", "list", "--home", str(home.root), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(r["state"] for r in json.loads(listed.stdout)) == ["SUCCEEDED", "SUCCEEDED"]
+    if damage not in ("epoch unreadable", "manifest pointer unreadable", "every derived file deleted"):
+        assert caplog.records, "the damage is reported"

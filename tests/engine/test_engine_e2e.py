@@ -33,7 +33,7 @@ def servo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 def ledger_lines(home: Path) -> list[bytes]:
     ledger = Ledger(Home.open(home, create=False).store)
-    return [ledger.read(n.rsplit("/", 1)[1].removesuffix(".json")) for n in ledger.list_event_names()]
+    return [ledger.read(i) for i in ledger.list_event_ids().event_ids]
 
 
 def ledger_tables(home: Path, spec: Spec, rules: Registry) -> dict[str, list[dict[str, object]]]:

@@ -272,8 +272,8 @@ def test_each_task_retries_with_its_own_policy(tmp_path: Path) -> None:
     assert outcome.state == "SUCCEEDED"
     ledger = Ledger(home.store)
     timers = {}
-    for name in ledger.list_event_names():
-        event = json.loads(ledger.read(name.rsplit("/", 1)[1].removesuffix(".json")))
+    for event_id in ledger.list_event_ids().event_ids:
+        event = json.loads(ledger.read(event_id))
         if event["event_type"] == "TimerRequested" and event["data"]["timer_type"] == "RETRY":
             timers[event["data"]["task_key"]] = event
     finished = {t["task_key"]: t for t in outcome.tasks}
@@ -343,7 +343,7 @@ def test_heartbeat_progress_is_a_percentage_and_a_bad_one_is_the_tasks_error(
     assert states["wrong"][0] == "FAILED" and states["wrong"][1].startswith("TypeError: ctx.heartbeat(progress_pct)")
     ledger = Ledger(home.store)
     beats = [
-        json.loads(ledger.read(n.rsplit("/", 1)[1].removesuffix(".json"))) for n in ledger.list_event_names()
+        json.loads(ledger.read(i)) for i in ledger.list_event_ids().event_ids
     ]
     assert sorted(e["data"]["progress_pct"] for e in beats if e["event_type"] == "TaskHeartbeat") == [0, 56, 100]
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
@@ -374,7 +374,7 @@ def test_a_finished_asset_task_names_its_asset_partition_in_the_ledger(tmp_path:
     ledger = Ledger(home.store)
     finished = [
         e["data"]
-        for e in (json.loads(ledger.read(n.rsplit("/", 1)[1].removesuffix(".json"))) for n in ledger.list_event_names())
+        for e in (json.loads(ledger.read(i)) for i in ledger.list_event_ids().event_ids)
         if e["event_type"] == "TaskFinished"
     ]
     by_attempt = {(d["task_key"], d["attempt"]): d for d in finished}

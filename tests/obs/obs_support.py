@@ -86,7 +86,6 @@ def run_observed(home: Path) -> ObservedRun:
     finally:
         logging.getLogger("servo").removeHandler(handler)
     ledger = Ledger(Home.open(home, create=False).store)
-    names = ledger.list_event_names()
-    events = [json.loads(ledger.read(n.rsplit("/", 1)[1].removesuffix(".json"))) for n in names]
+    events = [json.loads(ledger.read(i)) for i in ledger.list_event_ids().event_ids]
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     return ObservedRun(outcome, home, lines, deliveries, events, before, leased_seen)

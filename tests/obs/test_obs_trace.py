@@ -118,7 +118,7 @@ def test_a_resumed_run_keeps_its_trace(tmp_path: Path) -> None:
     outcome = EmbeddedEngine(Home.open(home), pipeline).run(timeout=60)
     assert outcome.resumed and outcome.state == "SUCCEEDED"
     ledger = Ledger(Home.open(home, create=False).store)
-    events = [ledger.read(n.rsplit("/", 1)[1].removesuffix(".json")) for n in ledger.list_event_names()]
+    events = [ledger.read(i) for i in ledger.list_event_ids().event_ids]
     import json
 
     parsed = [json.loads(e) for e in events]

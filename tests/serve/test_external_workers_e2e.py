@@ -21,7 +21,7 @@ SERVO = [sys.executable, "-m", "servo.cli"]
 
 def _ledger_lines(home: Path) -> list[bytes]:
     ledger = Ledger(Home.open(home, create=False).store)
-    return [ledger.read(n.rsplit("/", 1)[1].removesuffix(".json")) for n in ledger.list_event_names()]
+    return [ledger.read(i) for i in ledger.list_event_ids().event_ids]
 
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:

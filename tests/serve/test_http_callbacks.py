@@ -14,8 +14,8 @@ from servo.core.builders import TaskDef
 def _ledger_types(stage: Stage) -> dict[str, str]:
     """event_id -> event_type of every event in the home's ledger."""
     out = {}
-    for name in stage.ledger.list_event_names():
-        event = json.loads(stage.ledger.read(name.rsplit("/", 1)[1].removesuffix(".json")))
+    for event_id in stage.ledger.list_event_ids().event_ids:
+        event = json.loads(stage.ledger.read(event_id))
         out[event["event_id"]] = event["event_type"]
     return out
 

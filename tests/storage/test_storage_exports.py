@@ -16,6 +16,7 @@ EXPECTED = {
     "GcsStore",
     "IdKind",
     "Ledger",
+    "ListedEvents",
     "LocalStore",
     "MemoryStore",
     "ObjectStore",

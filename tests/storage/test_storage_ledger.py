@@ -159,3 +159,20 @@ def test_list_event_names_filters_by_day_and_stays_in_scope(store: ObjectStore) 
     assert ledger.list_event_names("2026-01-02/") == [ledger_object_name(day2)]
     with pytest.raises(InvalidId):
         ledger.list_event_names("../")
+
+
+def test_list_event_ids_sets_apart_objects_that_are_not_events(store: ObjectStore) -> None:
+    """A file copied into the ledger by hand, or an event filed under the wrong day, is
+    not an event: a listing names it as a stray instead of handing out its name as an id."""
+    scoped = ScopedStore(store, "acme", "prod")
+    ledger = Ledger(scoped)
+    day1, day2 = ulid_at(NEW_YEAR), ulid_at(datetime(2026, 1, 2, tzinfo=UTC))
+    ledger.append_many([(day2, b"2"), (day1, b"1")])
+    misfiled = f"ledger/orchestration/2026-01-02/{ulid_at(NEW_YEAR, 7)}.json"
+    junk = "ledger/orchestration/2026-01-01/notes.json"
+    scoped.put_if_absent(misfiled, b"{}")
+    scoped.put_if_absent(junk, b"{}")
+    listed = ledger.list_event_ids()
+    assert listed.event_ids == [day1, day2]
+    assert sorted(listed.strays) == sorted([misfiled, junk])
+    assert ledger.list_event_ids("2026-01-01/") == ([day1], [junk])
