@@ -173,7 +173,7 @@ class EmbeddedEngine:
         self._traces = _observe.RunTraces(self.ledger)
         self.reader = ProjectionReader(StateView(self.store), self.spec, ProjectionView.TABLES)
         self._owns_queue = queue is None
-        self.queue: TaskQueue = queue if queue is not None else SqliteQueue(home.queue_path)
+        self.queue: TaskQueue = queue if queue is not None else SqliteQueue(home.queue_path, replace_damaged=True)
         # The SQLite queue is leased by this loop; any other queue pushes to _on_push.
         self._leasing = self.queue if isinstance(self.queue, SqliteQueue) else None
         self._push: PushEndpoint | None = None

@@ -27,6 +27,8 @@ no file, for tests and for users who want no disk.
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -42,6 +44,22 @@ from servo.obs import QUEUE_OPERATION_SECONDS, timed
 from servo.queue._protocol import Lease, QueuedTask, QueueError, require_aware, validate_task_name
 
 __all__ = ["SqliteQueue"]
+
+_LOG = logging.getLogger("servo.queue")
+_DAMAGED_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _damaged(error: QueueError) -> bool:
+    """Whether opening failed because the file is not a (sound) SQLite database."""
+    cause = error.__cause__
+    return isinstance(cause, sqlite3.DatabaseError) and getattr(cause, "sqlite_errorcode", None) in _DAMAGED_CODES
 
 _SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -90,7 +108,12 @@ class SqliteQueue:
         name_retention: timedelta = timedelta(hours=1),
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] = _utcnow,
+        replace_damaged: bool = False,
     ) -> None:
+        """`replace_damaged`: if the file is not a SQLite database (overwritten, or torn
+        by a disk fault), rename it `{path}.damaged-{time}` and start an empty queue,
+        instead of raising QueueError. For an owner that can re-create what was queued
+        (the engine: its anti-entropy re-creates dispatches and timers from the ledger)."""
         if name_retention < timedelta(0) or busy_timeout < 0:
             raise ValueError("name_retention and busy_timeout must not be negative")
         self.path: Final = fspath(path)
@@ -100,6 +123,7 @@ class SqliteQueue:
         self._lock = threading.Lock()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        opened = _inode(self.path)
         try:
             # Autocommit mode: every transaction below is an explicit BEGIN.
             self._db: sqlite3.Connection | None = sqlite3.connect(
@@ -109,9 +133,28 @@ class SqliteQueue:
             raise QueueError(f"cannot open queue {self.path}: {error}") from error
         try:
             self._setup()
+        except QueueError as error:
+            self.close()
+            if not (replace_damaged and _damaged(error)):
+                raise
+            if _inode(self.path) == opened:  # not already replaced by another process doing this
+                self._set_aside()
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            self._setup()
         except BaseException:
             self.close()
             raise
+
+    def _set_aside(self) -> None:
+        """Rename a damaged queue file (and its WAL files) out of the way."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                Path(self.path + suffix).rename(f"{self.path}.damaged-{stamp}{suffix}")
+        _LOG.warning(
+            "queue %s is not a SQLite database; kept it as %s.damaged-%s and started an empty queue "
+            "(what it held is re-created from the ledger)", self.path, self.path, stamp
+        )
 
     def __repr__(self) -> str:
         return f"SqliteQueue({self.path!r})"

@@ -93,6 +93,12 @@ def _garble_pointer(home: Home) -> None:
     _object_path(home, "manifests/latest").write_bytes(b"garbage")
 
 
+def _garble_queue(home: Home) -> None:
+    home.queue_path.write_bytes(b"garbage" * 100)
+    for extra in home.root.glob("queue.db-*"):
+        extra.unlink()
+
+
 def _drop_every_derived_file(home: Home) -> None:
     for name in home.store.list_prefix(""):
         if not name.startswith("ledger/"):
@@ -114,6 +120,7 @@ DAMAGE: dict[str, Callable[[Home], None]] = {
     "epoch unreadable": _garble_epoch,
     "manifest pointer unreadable": _garble_pointer,
     "every derived file deleted": _drop_every_derived_file,
+    "queue file garbage": _garble_queue,
     "junk objects in the ledger folder": _junk_in_the_ledger,
 }
 

@@ -448,3 +448,18 @@ def test_many_connections_opening_a_fresh_queue_at_once_all_succeed(tmp_path: Pa
 
         with ThreadPoolExecutor(max_workers=6) as pool:
             assert list(pool.map(open_and_create, range(6))) == [True] * 6
+
+
+def test_a_file_that_is_not_a_queue_is_a_clear_error_or_set_aside_when_asked(tmp_path: Path) -> None:
+    """A queue file that is not a SQLite database (overwritten, truncated by a disk fault)
+    is a QueueError naming it; an owner that can rebuild the queue (the engine, from
+    the ledger) asks for it to be set aside and gets a new, empty queue."""
+    path = tmp_path / "queue.db"
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(QueueError, match="not a database"):
+        SqliteQueue(path)
+    assert path.read_bytes() == b"garbage" * 100
+    with SqliteQueue(path, replace_damaged=True) as queue:
+        assert queue.create_task("t", "x", b"p", T0)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("queue.db.damaged-")]
+    assert len(kept) == 1 and kept[0].read_bytes() == b"garbage" * 100
