@@ -7,11 +7,11 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from engine_audit import Audit
+from home_damage import DAMAGE
 
 from servo.api import Pipeline
 from servo.core._registry import Registry
@@ -61,68 +61,6 @@ def test_the_engine_rebuilds_published_state_from_the_ledger(tmp_path: Path, spe
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
-
-
-def _object_path(home: Home, name: str) -> Path:
-    return home.root / "store" / "objects" / home.store.full_name(name)
-
-
-def _newest_manifest(home: Home) -> tuple[str, dict[str, object]]:
-    names = sorted(n for n in home.store.list_prefix("manifests/") if n.endswith(".json"))
-    return names[-1], json.loads(home.store.get(names[-1]).data)
-
-
-def _drop_newest_delta_file(home: Home, table: str) -> None:
-    _, manifest = _newest_manifest(home)
-    deltas = manifest["deltas"]
-    assert isinstance(deltas, list) and deltas, manifest
-    _object_path(home, next(d[table] for d in reversed(deltas) if table in d)).unlink()
-
-
-def _tear_newest_manifest(home: Home) -> None:
-    name, _ = _newest_manifest(home)
-    path = _object_path(home, name)
-    path.write_bytes(path.read_bytes()[:20])
-
-
-def _garble_epoch(home: Home) -> None:
-    _object_path(home, "compactor/epoch").write_bytes(b"{not an epoch")
-
-
-def _garble_pointer(home: Home) -> None:
-    _object_path(home, "manifests/latest").write_bytes(b"garbage")
-
-
-def _garble_queue(home: Home) -> None:
-    home.queue_path.write_bytes(b"garbage" * 100)
-    for extra in home.root.glob("queue.db-*"):
-        extra.unlink()
-
-
-def _drop_every_derived_file(home: Home) -> None:
-    for name in home.store.list_prefix(""):
-        if not name.startswith("ledger/"):
-            _object_path(home, name).unlink()
-    home.queue_path.unlink()
-
-
-def _junk_in_the_ledger(home: Home) -> None:
-    day = sorted(home.store.list_prefix("ledger/orchestration/"))[-1].split("/")[2]
-    folder = _object_path(home, f"ledger/orchestration/{day}/x").parent
-    (folder / "notes.json").write_bytes(b'{"copied": "by hand"}')
-    (folder / "01JUNKJUNKJUNKJUNKJUNKJUNK.json").write_bytes(b"{not json")
-
-
-DAMAGE: dict[str, Callable[[Home], None]] = {
-    "delta key list deleted": lambda home: _drop_newest_delta_file(home, "_events"),
-    "delta table deleted": lambda home: _drop_newest_delta_file(home, "tasks"),
-    "newest manifest torn": _tear_newest_manifest,
-    "epoch unreadable": _garble_epoch,
-    "manifest pointer unreadable": _garble_pointer,
-    "every derived file deleted": _drop_every_derived_file,
-    "queue file garbage": _garble_queue,
-    "junk objects in the ledger folder": _junk_in_the_ledger,
-}
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))

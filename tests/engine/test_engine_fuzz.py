@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from home_damage import DAMAGE, QUEUE_DAMAGE
+
+from servo.engine import Home
 
 CASES = int(os.environ.get("SERVO_FUZZ_CASES", "3"))
 
@@ -170,3 +173,48 @@ def test_two_pipelines_sharing_a_home_under_sigkill_each_run_only_their_own_code
     for mark in marks.iterdir():
         pipeline, run_id = mark.name.split(".")[:2]
         assert run_ids[pipeline] == run_id, mark.name  # never another pipeline's run
+
+
+@pytest.mark.parametrize("seed", range(max(1, CASES // 3)))
+def test_random_damage_to_derived_files_between_kills_never_stops_a_run(tmp_path: Path, seed: int) -> None:
+    """A random pipeline is SIGKILLed at random and, while it is down, one derived file
+    of its home is damaged at random (ADR 022); a last `servo run` still ends the run
+    as its tasks say, with each success accepted once, and no command prints a
+    traceback. Damage to the queue can lose an attempt that was running, so then
+    only the run's end and its audit trail are checked, not each task's state."""
+    rng = random.Random(20_000 + seed)
+    tasks = write_pipeline(rng, tmp_path / "p.py")
+    # Longer than a killed engine's lease (5 s), so a running attempt is leased again
+    # before its heartbeat check; short enough that one lost with the queue is found.
+    text = (tmp_path / "p.py").read_text().replace("@pipeline.task(", "@pipeline.task(heartbeat_timeout_sec=8, ")
+    (tmp_path / "p.py").write_text(text)
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "servo.cli", "run", str(tmp_path / "p.py"), "--home", str(home), "--json",
+               "--run-key", "fuzz", "--workers", rng.choice(["1", "2", "4"])]
+    damaged = []
+    for _ in range(rng.choice([1, 2])):
+        for returncode, stderr in start_together_and_kill(rng, [command], rng.uniform(0.2, 1.2)):
+            assert returncode in (0, 1, -signal.SIGKILL), stderr
+            assert "Traceback" not in stderr, stderr
+        if Home.holds_store(home):  # (killed before it made its home: nothing to damage)
+            damaged.append(rng.choice(sorted(DAMAGE)))
+            DAMAGE[damaged[-1]](Home.open(home, create=False))
+
+    final = servo(*command[3:])
+    assert "Traceback" not in final.stderr, (damaged, final.stderr)
+    body = json.loads(final.stdout)
+    assert body["run"]["state"] in ("SUCCEEDED", "FAILED"), damaged
+    if not QUEUE_DAMAGE.intersection(damaged):
+        assert {t["task_key"]: t["state"] for t in body["tasks"]} == expected_states(tasks), damaged
+    exported = servo("ledger", "export", "--home", str(home))
+    assert exported.returncode == 0 and "Traceback" not in exported.stderr, exported.stderr
+    (tmp_path / "events.jsonl").write_text(exported.stdout)
+    tables = json.loads(servo("fold", str(tmp_path / "events.jsonl"), "--json").stdout)
+    assert tables["tasks"] == body["tasks"], damaged
+    rejected = {r["event_id"] for r in tables["rejected_events"]}
+    events = [json.loads(line) for line in exported.stdout.splitlines()]
+    successes = Counter(
+        e["data"]["task_key"] for e in events
+        if e["event_id"] not in rejected and e["event_type"] == "TaskFinished" and e["data"]["outcome"] == "SUCCEEDED"
+    )
+    assert successes == Counter({t["task_key"]: 1 for t in body["tasks"] if t["state"] == "SUCCEEDED"}), damaged
