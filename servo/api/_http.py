@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from servo._errors import InvalidEvent, ServoError
 from servo.compactor import ProjectionReader, Snapshot, StateView
-from servo.core.controllers import ControllerConfig, Emitter, ProjectionView
+from servo.core.controllers import ControllerConfig, Emitter, ProjectionView, TaskRecord
 from servo.core.events import Catalog
 from servo.core.ids import new_ulid
 from servo.core.rules import default_spec
@@ -122,15 +122,9 @@ class _Projection:
                 self._view = ProjectionView.from_tables(self._snapshot.tables)
             return self._snapshot
 
-    def current(self, run_id: str, task_key: str) -> tuple[str | None, int, str] | None:
-        """CallbackService's lookup: (attempt_id, attempt, state) of the task, or None."""
-        task = self._view.task(run_id, task_key)
-        return None if task is None else (task.attempt_id, task.attempt, task.state)
-
-    def asset_of(self, run_id: str, task_key: str) -> tuple[str | None, str | None]:
-        """CallbackService's asset lookup: (asset_key, partition_key) of the task."""
-        task = self._view.task(run_id, task_key)
-        return (None, None) if task is None else (task.asset_key, task.partition_key)
+    def task(self, run_id: str, task_key: str) -> TaskRecord | None:
+        """CallbackService's lookup: the task as the view has it, or None."""
+        return self._view.task(run_id, task_key)
 
     def settle(self, claim: AttemptCallback) -> None:
         """Make the view current enough to judge `claim`.
@@ -147,10 +141,10 @@ class _Projection:
             self.refresh()
 
     def _verdict(self, claim: AttemptCallback) -> Literal["live", "stale", "behind"]:
-        current = self.current(claim.run_id, claim.task_key)
-        if current is None:
+        task = self.task(claim.run_id, claim.task_key)
+        if task is None:
             return "behind"  # run or plan not folded yet
-        attempt_id, attempt, state = current
+        attempt_id, attempt, state = task.attempt_id, task.attempt, task.state
         if attempt_id == claim.attempt_id and attempt == claim.attempt:
             return "live" if state in _LIVE else "stale"
         if attempt_id is None or attempt < claim.attempt:
@@ -182,9 +176,7 @@ class _Callbacks:
             appended.append(event.event_id)
 
         h = self.home
-        return CallbackService(
-            self.secret, h.tenant, h.workspace, self.projection.current, append, self.projection.asset_of
-        )
+        return CallbackService(self.secret, h.tenant, h.workspace, self.projection.task, append)
 
     def token_ok(self, body: AttemptCallback, token: str) -> bool:
         h = self.home

@@ -46,6 +46,7 @@ from servo.core.controllers import (
     OutboxRecord,
     ProjectionView,
     RunRecord,
+    TaskRecord,
     TimerRecord,
     dispatch_outcome_events,
     on_timer_fired,
@@ -197,7 +198,7 @@ class EmbeddedEngine:
             max_in_flight=max(1, workers) * IN_FLIGHT_PER_WORKER,
         )
         self.callbacks = CallbackService(
-            home.secret, home.tenant, home.workspace, self._lookup, self._gated_fact, self._asset_of
+            home.secret, home.tenant, home.workspace, self._task, self._gated_fact
         )
         self.workers = workers
         self.poll_seconds = poll_seconds
@@ -350,13 +351,9 @@ class EmbeddedEngine:
             self.compactor.repair([today - timedelta(days=1), today, today + timedelta(days=1)])
         self._swept_at = now
 
-    def _asset_of(self, run_id: str, task_key: str) -> tuple[str | None, str | None]:
-        task = self._view.task(run_id, task_key)
-        return (None, None) if task is None else (task.asset_key, task.partition_key)
-
-    def _lookup(self, run_id: str, task_key: str) -> tuple[str | None, int, str] | None:
-        task = self._view.task(run_id, task_key)
-        return None if task is None else (task.attempt_id, task.attempt, task.state)
+    def _task(self, run_id: str, task_key: str) -> TaskRecord | None:
+        """The task as the last view has it (the callbacks' judge)."""
+        return self._view.task(run_id, task_key)
 
     def _refresh(self) -> tuple[ProjectionView, datetime]:
         """Compact, read the published projection, and the watermark timers may trust.

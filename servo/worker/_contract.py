@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import wraps
 from hashlib import sha256
-from typing import Any, Concatenate, Final, ParamSpec
+from typing import Any, Concatenate, Final, ParamSpec, Protocol
 
 from servo._errors import ServoError, StaleAttempt
 from servo.obs import CALLBACK_SECONDS, log_context, observe, trace_id_of
@@ -134,10 +134,28 @@ class Delivery:
             raise CallbackRejected(f"malformed delivery payload: {exc}") from None
 
 
-AttemptLookup = Callable[[str, str], tuple[str | None, int, str] | None]
-"""(run_id, task_key) -> (current attempt_id, attempt, task state) from the projection."""
-AssetLookup = Callable[[str, str], tuple[str | None, str | None]]
-"""(run_id, task_key) -> (asset_key, partition_key) of the task, from its plan."""
+class CurrentTask(Protocol):
+    """What a callback is judged by: the task's row in the projection (a controller
+    `TaskRecord` is one)."""
+
+    @property
+    def attempt_id(self) -> str | None: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def asset_key(self) -> str | None: ...
+
+    @property
+    def partition_key(self) -> str | None: ...
+
+
+TaskLookup = Callable[[str, str], CurrentTask | None]
+"""(run_id, task_key) -> the task as the projection has it, or None."""
 Append = Callable[[str, Mapping[str, Any], str | None], None]
 """(event_type, data, traceparent) -> append a worker fact to the ledger."""
 
@@ -184,29 +202,28 @@ class CallbackService:
         secret: bytes,
         tenant: str,
         workspace: str,
-        lookup: AttemptLookup,
+        task: TaskLookup,
         append: Append,
-        asset_of: AssetLookup | None = None,
     ) -> None:
         self._secret = secret
-        self._asset_of = asset_of
         self.tenant = tenant
         self.workspace = workspace
-        self._lookup = lookup
+        self._task = task
         self._append = append
 
     def token_for(self, run_id: str, task_key: str, attempt_id: str) -> str:
         """The token a delivery for this attempt carries."""
         return attempt_token(self._secret, self.tenant, self.workspace, run_id, task_key, attempt_id)
 
-    def _check(self, d: Delivery) -> None:
+    def _check(self, d: Delivery) -> CurrentTask:
+        """The task whose current attempt `d` is; ForgedCallback or StaleAttemptRejected."""
         expected = self.token_for(d.run_id, d.task_key, d.attempt_id)
         if d.tenant != self.tenant or d.workspace != self.workspace or not hmac.compare_digest(expected, d.token):
             raise ForgedCallback(f"invalid token for attempt {d.attempt_id} of {d.run_id}/{d.task_key}")
-        current = self._lookup(d.run_id, d.task_key)
-        if current is None:
+        task = self._task(d.run_id, d.task_key)
+        if task is None:
             raise StaleAttemptRejected(f"unknown task {d.run_id}/{d.task_key}")
-        attempt_id, attempt, state = current
+        attempt_id, attempt, state = task.attempt_id, task.attempt, task.state
         if attempt_id == d.attempt_id and attempt == d.attempt and state not in _LIVE:
             raise StaleAttemptRejected(
                 f"attempt {d.attempt} ({d.attempt_id}) of {d.run_id}/{d.task_key} has already ended "
@@ -217,6 +234,7 @@ class CallbackService:
                 f"attempt {d.attempt} ({d.attempt_id}) of {d.run_id}/{d.task_key} is not current "
                 f"(current: attempt {attempt} ({attempt_id}), task {state})"
             )
+        return task
 
     def _fact(self, d: Delivery, worker_id: str) -> dict[str, Any]:
         return {
@@ -250,18 +268,17 @@ class CallbackService:
         """The attempt ended (SUCCEEDED / FAILED / CANCELLED)."""
         if outcome not in ("SUCCEEDED", "FAILED", "CANCELLED"):
             raise CallbackRejected(f"outcome must be SUCCEEDED, FAILED or CANCELLED, not {outcome!r}")
-        self._check(d)
+        task = self._check(d)
         data = self._fact(d, worker_id)
         data["outcome"] = outcome
         if error_message:
             data["error_message"] = error_message[:4000]
         # An asset task's finish names its partition (from the plan: SPEC §7 folds
         # partition status from these), and a success names its materialization.
-        asset_key, partition_key = self._asset_of(d.run_id, d.task_key) if self._asset_of else (None, None)
-        if asset_key is not None:
-            data["asset_key"] = asset_key
-            if partition_key is not None:
-                data["partition_key"] = partition_key
+        if task.asset_key is not None:
+            data["asset_key"] = task.asset_key
+            if task.partition_key is not None:
+                data["partition_key"] = task.partition_key
             if outcome == "SUCCEEDED":
                 data["materialization_id"] = d.attempt_id
         self._append("TaskFinished", data, d.traceparent)

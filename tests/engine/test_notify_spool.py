@@ -13,7 +13,7 @@ import pytest
 
 from servo.api import Pipeline
 from servo.compactor import ProjectionReader, StateView
-from servo.core.controllers import ControllerConfig, Emitter, ProjectionView
+from servo.core.controllers import ControllerConfig, Emitter, ProjectionView, TaskRecord
 from servo.core.events import Catalog
 from servo.core.rules import default_spec
 from servo.engine import EmbeddedEngine, Home, RunOutcome
@@ -54,9 +54,8 @@ def _external_worker(home: Home, stop: threading.Event, *, notify: bool) -> None
     reader = ProjectionReader(StateView(home.store), default_spec())
     spool = NotifySpool.for_home(home)
     ledger = Ledger(home.store, on_append=spool.post if notify else None)
-    def lookup(run_id: str, task_key: str) -> tuple[str | None, int, str] | None:
-        task = ProjectionView.from_tables(reader.read().tables).task(run_id, task_key)
-        return None if task is None else (task.attempt_id, task.attempt, task.state)
+    def lookup(run_id: str, task_key: str) -> TaskRecord | None:
+        return ProjectionView.from_tables(reader.read().tables).task(run_id, task_key)
 
     config = ControllerConfig(catalog=Catalog(default_spec()))
 
