@@ -222,6 +222,7 @@ class EmbeddedEngine:
         self._swept_at = time.monotonic()
         self.run_id: str | None = None
         """The run being driven, once `run` has started or resumed it."""
+        self._damage_seen: str | None = None  # the damaged published state a follower last warned of
 
     # ----------------------------------------------------------------- I/O --
 
@@ -370,7 +371,13 @@ class EmbeddedEngine:
             manifest = self.reader.refresh()
         except CorruptState as exc:
             if not self.leading:
-                raise  # the leader's compactor is the one that can rewrite it
+                # Only the leader's compactor can rewrite it (ADR 015, 022): drive on from
+                # the last view meanwhile, and lead (and rebuild) once the leader is gone.
+                if str(exc) != self._damage_seen:  # once, not every loop
+                    self._damage_seen = str(exc)
+                    _LOG.warning("%s; waiting for the leading engine to rebuild it", exc)
+                self._watch_leader()
+                return self._view, self._watermark
             # Derived state: the compactor's projection was folded from the ledger, so
             # a new base replaces whatever file is unreadable (ADR 015).
             _LOG.warning("%s; writing a new base from the ledger's events", exc)
@@ -399,9 +406,8 @@ class EmbeddedEngine:
             self._lead()
         if self._leasing is None:
             self._push = PushEndpoint(self._on_push, port=self.push_port)
-        view, _ = self._refresh()
         try:
-            run_id, resumed = self._start_or_resume(view, run_key)
+            run_id, resumed = self._start_or_resume_when_readable(run_key, started, timeout)
         except BaseException:
             self._close_io()
             raise
@@ -447,6 +453,22 @@ class EmbeddedEngine:
         tasks = [t for t in tables["tasks"] if t["run_id"] == run_id]
         _observe.run_finished(run_row, time.monotonic() - started)
         return RunOutcome(run_row, tasks, resumed, time.monotonic() - started)
+
+    def _start_or_resume_when_readable(
+        self, run_key: str | None, started: float, timeout: float | None
+    ) -> tuple[str, bool]:
+        """Start or resume the run once the published tables can be read: a follower
+        that finds them damaged waits for the leader to rebuild them (or leads itself
+        once the leader lock is free, and rebuilds them)."""
+        while True:
+            view, _ = self._refresh()
+            try:
+                return self._start_or_resume(view, run_key)
+            except CorruptState:
+                # A leader's next refresh rewrites it (and raises if that fails too).
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise
+            self._wake.wait(self.poll_seconds)
 
     def _start_or_resume(self, view: ProjectionView, run_key: str | None) -> tuple[str, bool]:
         tables = self.reader.read().tables

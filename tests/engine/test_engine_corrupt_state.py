@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,33 @@ def test_damaged_derived_state_heals_from_the_ledger(
     assert sorted(r["state"] for r in json.loads(listed.stdout)) == ["SUCCEEDED", "SUCCEEDED"]
     if damage not in ("epoch unreadable", "manifest pointer unreadable", "every derived file deleted"):
         assert caplog.records, "the damage is reported"
+
+
+def test_a_follower_that_finds_published_state_damaged_waits_for_a_leader_to_rebuild_it(
+    tmp_path: Path, spec: Spec, rules: Registry
+) -> None:
+    """Only the leader rewrites published state. A follower (another `servo run` on the
+    home) that reads a torn file keeps driving from what it read last instead of
+    exiting, and leads, and so rebuilds it, once the leader lock is free."""
+    home = Home.open(tmp_path / "home")
+    assert EmbeddedEngine(home, pipeline("first")).run(timeout=60).state == "SUCCEEDED"
+    corrupt_newest_tasks_delta(home)
+    held = home.try_lead()  # another engine leads: this one follows
+    assert held is not None
+    outcome: list[object] = []
+    engine = EmbeddedEngine(home, pipeline("second"), poll_seconds=0.01)
+    thread = threading.Thread(target=lambda: outcome.append(_run_or_error(engine)))
+    thread.start()
+    time.sleep(1.0)
+    assert not outcome, outcome  # still waiting, not stopped by the damage
+    os.close(held)  # the leader ends: the follower takes over and rebuilds
+    thread.join(timeout=60)
+    assert outcome and not isinstance(outcome[0], BaseException), outcome
+    assert sorted(r["state"] for r in Audit.of(home, spec, rules).tables["runs"]) == ["SUCCEEDED", "SUCCEEDED"]
+
+
+def _run_or_error(engine: EmbeddedEngine) -> object:
+    try:
+        return engine.run(timeout=30).state
+    except BaseException as error:  # reported to the test thread
+        return error
