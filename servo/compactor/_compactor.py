@@ -229,8 +229,20 @@ class Compactor:
             if name:
                 ids.extend(_event_ids(name, self.store.get(name).data))
         self._fold_ids(ids)
+        unseen = set(ids) - self.projection.folded_event_ids()
+        if unseen:  # the published state was folded from events the ledger no longer has intact
+            raise CorruptState(
+                f"{len(unseen)} ledger event(s) the published state was folded from are gone or unreadable now "
+                f"(e.g. {min(unseen)}); it no longer matches the ledger"
+            )
         self.projection.take_changes()
         self._folded = set(ids)
+
+    def has_tasks(self, run_id: str) -> bool:
+        """Whether this compactor's fold of the ledger has any task of `run_id` (what
+        it publishes next; published Parquet can still show rows folded from an event
+        that has since become unreadable, until the next base)."""
+        return bool(self.projection.rows("tasks", [run_id]))
 
     def _rebuild_from_ledger(self) -> None:
         """Fold every event of the ledger again (a listing: repair only, P6)."""

@@ -83,6 +83,8 @@ _LOG = logging.getLogger("servo.engine")
 TIMER: Final = "timer"
 IN_FLIGHT_PER_WORKER: Final = 16
 STRAGGLER_SECONDS = 2.0
+STUCK_INTENT_SECONDS = 60.0
+"""How long an intent may stay unreflected in the projection before the engine says so."""
 """How long an ended run waits for attempts that are still running (to ack them)."""
 QUIET_EVENTS = frozenset({"TaskStarted", "TaskHeartbeat", "TimerRequested", "DispatchEnqueued"})
 """Events no controller acts on at once: appending them does not wake the loop, the
@@ -223,6 +225,9 @@ class EmbeddedEngine:
         self.run_id: str | None = None
         """The run being driven, once `run` has started or resumed it."""
         self._damage_seen: str | None = None  # the damaged published state a follower last warned of
+        # Idempotency keys of the intents this engine appended -> (when, warned): an intent
+        # the view does not reflect yet is durable, so it is never appended again.
+        self._intents: dict[str, list[float | bool]] = {}
 
     # ----------------------------------------------------------------- I/O --
 
@@ -317,6 +322,35 @@ class EmbeddedEngine:
             _observe.record_appended(events, created)
             if any(e.event_type not in QUIET_EVENTS for e in events):
                 self._wake.set()
+
+    def _append_intents(self, events: list[Event]) -> None:
+        """Append the controllers' intents, each idempotency key once per engine.
+
+        The controllers ask again for what the view does not show yet. Usually the
+        view is only behind, and the copy already in the ledger gets folded. But if the
+        fold rejected it (the ledger lost the plan it needed, say), a new copy would be
+        a DUPLICATE of it (SPEC §3), and appending one each loop would only fill the
+        ledger. So an intent is appended once; if it stays unreflected for
+        STUCK_INTENT_SECONDS, the engine says so, once.
+        """
+        fresh: list[Event] = []
+        now = time.monotonic()
+        for event in events:
+            seen = self._intents.get(event.idempotency_key)
+            if seen is None:
+                fresh.append(event)
+            elif not seen[1] and now - float(seen[0]) >= STUCK_INTENT_SECONDS:
+                seen[1] = True
+                run_id = event.data.get("run_id", "?")
+                _LOG.warning(
+                    "run %s looks stuck: %s %r was appended %.0f s ago and the projection still does not "
+                    "reflect it (the fold rejected it: `servo fold` lists why in rejected_events); "
+                    "end the run with `servo runs cancel %s`",
+                    run_id, event.event_type, event.idempotency_key, now - float(seen[0]), run_id,
+                )
+        self._append(fresh)
+        for event in fresh:
+            self._intents[event.idempotency_key] = [now, False]
 
     def _gated_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         with self._gate.append():  # the fact's timestamp is taken inside the gate
@@ -478,6 +512,8 @@ class EmbeddedEngine:
             if mine and (run_key is None or row.get("run_key") == run_key):
                 self._check_same_plan(row, tables["tasks"])
                 self._traces.resume(row)
+                if self._lost_its_plan(str(row["run_id"]), tables["tasks"]):
+                    self._plan_again(row)
                 return str(row["run_id"]), True
         now = datetime.now(UTC)
         key = run_key or f"{self.pipeline.name}:{now.isoformat()}"
@@ -502,12 +538,33 @@ class EmbeddedEngine:
                     },
                 ),
                 # Ids come from (now, key): one millisecond later keeps the plan after its run.
-                Emitter(self.config, self.home.tenant, self.home.workspace, now + timedelta(milliseconds=1), "cli:run").emit(
-                    "PlanCreated", {"run_id": run_id, "plan_id": plan_id, "tasks": self.pipeline.plan()}
-                ),
+                self._plan_event(run_id, now + timedelta(milliseconds=1)),
             ]
         )
         return run_id, False
+
+    def _plan_event(self, run_id: str, now: datetime) -> Event:
+        emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, "cli:run")
+        return emit.emit("PlanCreated", {"run_id": run_id, "plan_id": self.pipeline.plan_id(), "tasks": self.pipeline.plan()})
+
+    def _lost_its_plan(self, run_id: str, tasks: list[dict[str, Any]]) -> bool:
+        """Whether a run to resume has no tasks, in the published tables or (leading) in
+        the compactor's fold of the ledger, which a torn PlanCreated leaves without them."""
+        if self.leading:
+            with self._lock:
+                return not self.compactor.has_tasks(run_id)
+        return not any(t["run_id"] == run_id for t in tasks)
+
+    def _plan_again(self, run: Mapping[str, Any]) -> None:
+        """A resumed run with no tasks has lost its PlanCreated (an unreadable ledger
+        file; the fold rejected it): without it the run would wait forever. Its plan is
+        this pipeline's (`_check_same_plan`), so append it again, under the same
+        idempotency key: if the first copy is ever folded, one of them is a DUPLICATE."""
+        _LOG.warning(
+            "run %s has no tasks: its PlanCreated is missing from the ledger or unreadable; planning it again",
+            run["run_id"],
+        )
+        self._append([self._plan_event(str(run["run_id"]), datetime.now(UTC))])
 
     def _check_run_key_owner(self, run: RunRecord, run_key: str) -> None:
         """A run key names one run per workspace; another pipeline's run is refused."""
@@ -553,12 +610,12 @@ class EmbeddedEngine:
             self.faults("before_intents", run_id)
             with obs.observe(obs.RECONCILE_SECONDS, "reconcile"):
                 events = reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config)
-            self._append(events)
+            self._append_intents(events)
         if self.leading and now - self._repaired_at >= timedelta(seconds=self.repair_seconds):  # INV-5
             self._repaired_at = now
             with self._lock:
                 self._sweep()  # events whose notice was lost (P6: listing here only)
-            self._append(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
+            self._append_intents(repair(view, now, watermark, tenant=tenant, workspace=workspace, config=config))
         # One queue transaction for the step's creates and one group commit for their
         # acknowledgements, not one of each per row.
         rows = pending_dispatches(view)
@@ -652,7 +709,7 @@ class EmbeddedEngine:
                 return 503  # not folded yet
             tenant, workspace = self.home.tenant, self.home.workspace
             events = on_timer_fired(view, timer, now, watermark, tenant=tenant, workspace=workspace, config=self.config)
-            self._append(events)
+            self._append_intents(events)
             _observe.timer_handled(view, timer, events)
             return 200
         if kind != DISPATCH:
@@ -673,7 +730,7 @@ class EmbeddedEngine:
                 view, timer, now, watermark, tenant=self.home.tenant, workspace=self.home.workspace, config=self.config,
                 waiting=self._waiting(view, timer),
             )
-            self._append(events)
+            self._append_intents(events)
             _observe.timer_handled(view, timer, events)
             self._ack(lease)
             return

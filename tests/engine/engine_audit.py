@@ -23,6 +23,15 @@ from servo.storage import Ledger
 FAST_RETRY = RetryPolicy(base_sec=0.1, factor=1.0, cap_sec=0.2)
 
 
+def _parsed(line: bytes) -> dict[str, Any] | None:
+    """An event file's envelope; None for a torn one (the fold rejects it as INVALID)."""
+    try:
+        event: dict[str, Any] = json.loads(line)
+    except ValueError:
+        return None
+    return event
+
+
 class Crash(Exception):
     """A fault hook's stand-in for a process dying at that point."""
 
@@ -38,7 +47,7 @@ class Audit:
     def of(cls, home: Home, spec: Spec, rules: Registry) -> Audit:
         ledger = Ledger(home.store)
         lines = [ledger.read(i) for i in ledger.list_event_ids().event_ids]
-        return cls([json.loads(line) for line in lines], fold_lines(lines, spec, rules).tables())
+        return cls([e for e in map(_parsed, lines) if e is not None], fold_lines(lines, spec, rules).tables())
 
     @property
     def rejected(self) -> dict[str, str]:

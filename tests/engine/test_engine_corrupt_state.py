@@ -13,13 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_audit import Audit
+from engine_audit import FAST_RETRY, Audit, Crash
 from home_damage import DAMAGE
 
-from servo.api import Pipeline
+import servo.engine._driver as driver
+from servo.api import Pipeline, TaskContext
 from servo.core._registry import Registry
 from servo.engine import EmbeddedEngine, Home
 from servo.spec import Spec
+from servo.storage import Ledger, ledger_object_name
 
 
 def pipeline(name: str) -> Pipeline:
@@ -126,3 +128,101 @@ def _run_or_error(engine: EmbeddedEngine) -> object:
         return engine.run(timeout=30).state
     except BaseException as error:  # reported to the test thread
         return error
+
+
+def test_a_run_whose_plan_event_is_unreadable_is_planned_again_on_resume(
+    tmp_path: Path, spec: Spec, rules: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger is the record, but a disk can still tear one of its files. If the
+    PlanCreated of an unfinished run is unreadable, the run has no tasks and would
+    wait forever: the engine resuming it (which has its plan) appends it again, once,
+    under the same idempotency key, and the run finishes."""
+    home = Home.open(tmp_path / "home")
+
+    def die_before_any_intent(point: str, key: str) -> None:
+        if point == "before_intents":
+            raise Crash(key)
+
+    with pytest.raises(Crash):
+        EmbeddedEngine(home, pipeline("torn-plan"), faults=die_before_any_intent).run(timeout=30)
+    ledger = Ledger(home.store)
+    plan = next(i for i in ledger.list_event_ids().event_ids if b'"PlanCreated"' in ledger.read(i))
+    path = home.root / "store" / "objects" / home.store.full_name(ledger_object_name(plan))
+    path.write_bytes(path.read_bytes()[:40])
+
+    with caplog.at_level(logging.WARNING):
+        outcome = EmbeddedEngine(home, pipeline("torn-plan")).run(timeout=30)
+    assert outcome.state == "SUCCEEDED" and outcome.resumed
+    assert any("PlanCreated" in r.getMessage() for r in caplog.records)
+    audit = Audit.of(home, spec, rules)
+    assert [r["state"] for r in audit.tables["runs"]] == ["SUCCEEDED"]
+    assert audit.successes() == {"a": 1, "b": 1}
+    assert len(audit.accepted("PlanCreated")) == 1
+
+
+def test_an_intent_the_fold_keeps_rejecting_is_not_appended_again_and_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the ledger loses the plan of a run after its first dispatch, the dispatch
+    intents the engine emits again are DUPLICATEs of the first (rejected) ones
+    (SPEC §3: the lowest event_id holds the key), so the projection never moves. The
+    engine must not append the same intent every loop (it did: thousands of events a
+    second); it appends each once, and says the run is stuck and how to end it."""
+    monkeypatch.setattr(driver, "STUCK_INTENT_SECONDS", 0.5)
+    home = Home.open(tmp_path / "home")
+
+    def die_after_the_first_dispatch(point: str, key: str) -> None:
+        if point == "after_dispatch_create":
+            raise Crash(key)
+
+    with pytest.raises(Crash):
+        EmbeddedEngine(home, pipeline("lost-plan"), faults=die_after_the_first_dispatch).run(timeout=30)
+    ledger = Ledger(home.store)
+    plan = next(i for i in ledger.list_event_ids().event_ids if b'"PlanCreated"' in ledger.read(i))
+    path = home.root / "store" / "objects" / home.store.full_name(ledger_object_name(plan))
+    path.write_bytes(path.read_bytes()[:40])
+
+    with caplog.at_level(logging.WARNING), pytest.raises(TimeoutError):
+        EmbeddedEngine(home, pipeline("lost-plan"), poll_seconds=0.01).run(timeout=3)
+    requested = [i for i in ledger.list_event_ids().event_ids if b'"DispatchRequested"' in ledger.read(i)]
+    assert len(requested) <= 3, len(requested)  # the first, and at most one more per engine
+    stuck = [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()]
+    assert stuck and "servo runs cancel" in stuck[0], [r.getMessage() for r in caplog.records]
+
+
+def test_a_timer_the_fold_keeps_rejecting_is_reported_as_a_stuck_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torn retry TimerRequested makes the TimerFired that followed it an
+    INVALID_TRANSITION, and that rejected event keeps its idempotency key: the timer the
+    engine asks for again can never fire in the fold. The engine appends each of its
+    events once, and says the run is stuck instead of hanging in silence."""
+    monkeypatch.setattr(driver, "STUCK_INTENT_SECONDS", 0.5)
+    home = Home.open(tmp_path / "home")
+    flaky = Pipeline("stuck-timer")
+
+    def fails_first(ctx: TaskContext) -> None:
+        if ctx.attempt == 1:
+            raise RuntimeError("once")
+
+    flaky.task(fails_first, name="a", max_attempts=3, retry=FAST_RETRY)
+
+    def die_at_the_retry(point: str, key: str) -> None:
+        if point == "after_dispatch_create" and key.endswith(":a:2"):
+            raise Crash(key)
+
+    with pytest.raises(Crash):
+        EmbeddedEngine(home, flaky, faults=die_at_the_retry).run(timeout=30)
+    ledger = Ledger(home.store)
+    timer = next(i for i in ledger.list_event_ids().event_ids if b"timer:retry:" in ledger.read(i)
+                 and b'"TimerRequested"' in ledger.read(i))
+    path = home.root / "store" / "objects" / home.store.full_name(ledger_object_name(timer))
+    path.write_bytes(path.read_bytes()[:40])
+
+    with caplog.at_level(logging.WARNING), pytest.raises(TimeoutError):
+        EmbeddedEngine(home, flaky, poll_seconds=0.01, repair_seconds=0.2, repair_grace_sec=0).run(timeout=4)
+    fired = [i for i in ledger.list_event_ids().event_ids if b'"TimerFired"' in ledger.read(i)]
+    assert len(fired) <= 3, len(fired)
+    assert any("stuck" in r.getMessage() and "TimerFired" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
