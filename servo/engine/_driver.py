@@ -100,6 +100,14 @@ def _no_faults(point: str, key: str) -> None:
 
 
 @dataclass
+class _Asked:
+    """An intent this engine appended: when, and whether it was reported stuck."""
+
+    at: float
+    warned: bool = False
+
+
+@dataclass
 class RunOutcome:
     """How a run ended, with its rows."""
 
@@ -227,7 +235,7 @@ class EmbeddedEngine:
         self._damage_seen: str | None = None  # the damaged published state a follower last warned of
         # Idempotency keys of the intents this engine appended -> (when, warned): an intent
         # the view does not reflect yet is durable, so it is never appended again.
-        self._intents: dict[str, list[float | bool]] = {}
+        self._intents: dict[str, _Asked] = {}
 
     # ----------------------------------------------------------------- I/O --
 
@@ -336,21 +344,21 @@ class EmbeddedEngine:
         fresh: list[Event] = []
         now = time.monotonic()
         for event in events:
-            seen = self._intents.get(event.idempotency_key)
-            if seen is None:
+            asked = self._intents.get(event.idempotency_key)
+            if asked is None:
                 fresh.append(event)
-            elif not seen[1] and now - float(seen[0]) >= STUCK_INTENT_SECONDS:
-                seen[1] = True
+            elif not asked.warned and now - asked.at >= STUCK_INTENT_SECONDS:
+                asked.warned = True
                 run_id = event.data.get("run_id", "?")
                 _LOG.warning(
                     "run %s looks stuck: %s %r was appended %.0f s ago and the projection still does not "
                     "reflect it (the fold rejected it: `servo fold` lists why in rejected_events); "
                     "end the run with `servo runs cancel %s`",
-                    run_id, event.event_type, event.idempotency_key, now - float(seen[0]), run_id,
+                    run_id, event.event_type, event.idempotency_key, now - asked.at, run_id,
                 )
         self._append(fresh)
         for event in fresh:
-            self._intents[event.idempotency_key] = [now, False]
+            self._intents[event.idempotency_key] = _Asked(now)
 
     def _gated_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         with self._gate.append():  # the fact's timestamp is taken inside the gate
