@@ -52,6 +52,7 @@ from servo.worker import (
     CallbackRejected,
     CallbackService,
     Delivery,
+    FactClock,
     ForgedCallback,
     StaleAttemptRejected,
     attempt_token,
@@ -161,12 +162,13 @@ class _Callbacks:
         self.secret = home.secret
         self.config = ControllerConfig(catalog=Catalog(default_spec()), source="serve")
         self.ledger = Ledger(home.store, on_append=NotifySpool.for_home(home).post)
+        self.clock = FactClock()  # an attempt's facts sort in the order they happened
 
     def service(self, appended: list[str]) -> CallbackService:
         """A CallbackService whose appends are recorded in `appended`."""
 
         def append(event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
-            now = datetime.now(UTC)
+            now = self.clock.at(str(data.get("attempt_id", "")), last=event_type == "TaskFinished")
             source = f"worker:{data['worker_id']}"
             event = Emitter(self.config, self.home.tenant, self.home.workspace, now, source).emit(event_type, data)
             # Random ids: two reports of one fact within a millisecond must not collide

@@ -71,6 +71,7 @@ from servo.worker import (
     CallbackRejected,
     CallbackService,
     Delivery,
+    FactClock,
     StaleAttemptRejected,
     describe_error,
     dispatch_target,
@@ -180,6 +181,7 @@ class EmbeddedEngine:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._gate = AppendGate()  # worker facts never straddle a compaction's cut
+        self._fact_clock = FactClock()  # an attempt's facts sort in the order they happened
         self.ledger = Ledger(self.store, on_append=self._appended)
         self._traces = _observe.RunTraces(self.ledger)
         self.reader = ProjectionReader(StateView(self.store), self.spec, ProjectionView.TABLES)
@@ -365,7 +367,8 @@ class EmbeddedEngine:
             self._append_fact(event_type, data, traceparent)
 
     def _append_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
-        now = datetime.now(UTC)
+        # Inside the gate (the cut's rule), and after the attempt's previous fact.
+        now = self._fact_clock.at(str(data.get("attempt_id", "")), last=event_type == "TaskFinished")
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, f"worker:{self.replica}")
         event = emit.emit(event_type, data)._replace(traceparent=traceparent)
         if event_type == "TaskHeartbeat":  # many per attempt: make each id unique in time

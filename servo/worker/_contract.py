@@ -15,10 +15,11 @@ import hmac
 import json
 import logging
 import math
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from hashlib import sha256
 from typing import Any, Concatenate, Final, ParamSpec, Protocol
@@ -31,6 +32,7 @@ __all__ = [
     "CallbackRejected",
     "CallbackService",
     "Delivery",
+    "FactClock",
     "ForgedCallback",
     "StaleAttemptRejected",
     "attempt_token",
@@ -41,6 +43,36 @@ __all__ = [
 ]
 
 DISPATCH: Final = "dispatch"
+_MS: Final = timedelta(milliseconds=1)
+
+
+class FactClock:
+    """Times for the facts of an attempt, each in a later millisecond than the last.
+
+    The fold orders events by event_id, whose time part is a millisecond. On storage
+    where an append takes microseconds (tmpfs, a fast SSD), a no-op task's
+    TaskStarted, heartbeats and TaskFinished fall in one millisecond, and ids minted
+    from the clock alone sorted in any order: a finish before its start refused the
+    start as STALE_ATTEMPT. Each fact gets max(now, the previous fact's millisecond +
+    1 ms); `occurred_at` moves at most a millisecond per fact ahead of the clock.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self._last: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def at(self, attempt_id: str, *, last: bool = False) -> datetime:
+        """The time of the attempt's next fact; `last` (its finish) forgets the attempt."""
+        with self._lock:
+            now = self._clock()
+            before = self._last.pop(attempt_id, None) if last else self._last.get(attempt_id)
+            if before is not None:
+                floor = before.replace(microsecond=before.microsecond // 1000 * 1000) + _MS
+                now = max(now, floor)
+            if not last:
+                self._last[attempt_id] = now
+            return now
 
 
 def dispatch_target(pipeline: str | None) -> str:

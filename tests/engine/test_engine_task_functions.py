@@ -456,3 +456,36 @@ def test_a_task_without_a_usable_name_asks_for_one() -> None:
         pipeline.task(lambda: None)
     pipeline.task(functools.partial(print, 1), name="printer")
     assert list(pipeline.tasks) == ["printer"]
+
+
+def test_an_attempts_facts_sort_in_the_order_they_happened_on_a_fast_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fold orders events by event_id, whose time part is a millisecond. On storage
+    where an append takes microseconds (tmpfs, a fast SSD), a no-op task's TaskStarted,
+    heartbeat and TaskFinished fall in one millisecond, and ids minted from the clock
+    alone sorted the finish before the start half the time: the start was then refused
+    as STALE_ATTEMPT and the task had no started_at. Each fact of an attempt must sort
+    after the one before it."""
+
+    import servo.storage._local as local
+    from servo.core.fold import fold_lines
+    from servo.core.rules import default_spec, registry
+    from servo.storage import Ledger
+
+    monkeypatch.setattr(local, "_sync", lambda path: None)  # an append costs microseconds now
+    monkeypatch.setattr(local, "_fsync_dir", lambda path: None)
+    pipeline = Pipeline("fast-disk")
+    root = pipeline.task(lambda: None, name="root")
+
+    def beat(ctx: TaskContext) -> None:
+        ctx.heartbeat(50)
+
+    for index in range(60):
+        pipeline.task(beat, name=f"leaf{index}", depends_on=root)
+    home = Home.open(tmp_path / "home")
+    assert EmbeddedEngine(home, pipeline).run(timeout=60).state == "SUCCEEDED"
+    ledger = Ledger(home.store)
+    tables = fold_lines([ledger.read(i) for i in ledger.list_event_ids().event_ids], default_spec(), registry()).tables()
+    assert tables["rejected_events"] == []
+    assert all(t["started_at"] is not None for t in tables["tasks"])
