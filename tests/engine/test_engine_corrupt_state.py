@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,24 @@ def _run_or_error(engine: EmbeddedEngine) -> object:
         return error
 
 
+def _crash_then_tear(
+    home: Home, pipeline: Pipeline, crash: Callable[[str, str], bool], tear: Callable[[bytes], bool]
+) -> None:
+    """Run `pipeline` until `crash(point, key)` picks a fault point (a crash there),
+    then tear the first ledger event whose bytes `tear` picks, as a bad disk would."""
+
+    def die(point: str, key: str) -> None:
+        if crash(point, key):
+            raise Crash(key)
+
+    with pytest.raises(Crash):
+        EmbeddedEngine(home, pipeline, faults=die).run(timeout=30)
+    ledger = Ledger(home.store)
+    event_id = next(i for i in ledger.list_event_ids().event_ids if tear(ledger.read(i)))
+    path = home.root / "store" / "objects" / home.store.full_name(ledger_object_name(event_id))
+    path.write_bytes(path.read_bytes()[:40])
+
+
 def test_a_run_whose_plan_event_is_unreadable_is_planned_again_on_resume(
     tmp_path: Path, spec: Spec, rules: Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -138,17 +157,9 @@ def test_a_run_whose_plan_event_is_unreadable_is_planned_again_on_resume(
     wait forever: the engine resuming it (which has its plan) appends it again, once,
     under the same idempotency key, and the run finishes."""
     home = Home.open(tmp_path / "home")
-
-    def die_before_any_intent(point: str, key: str) -> None:
-        if point == "before_intents":
-            raise Crash(key)
-
-    with pytest.raises(Crash):
-        EmbeddedEngine(home, pipeline("torn-plan"), faults=die_before_any_intent).run(timeout=30)
-    ledger = Ledger(home.store)
-    plan = next(i for i in ledger.list_event_ids().event_ids if b'"PlanCreated"' in ledger.read(i))
-    path = home.root / "store" / "objects" / home.store.full_name(ledger_object_name(plan))
-    path.write_bytes(path.read_bytes()[:40])
+    _crash_then_tear(
+        home, pipeline("torn-plan"), lambda point, _: point == "before_intents", lambda e: b'"PlanCreated"' in e
+    )
 
     with caplog.at_level(logging.WARNING):
         outcome = EmbeddedEngine(home, pipeline("torn-plan")).run(timeout=30)
@@ -170,17 +181,10 @@ def test_an_intent_the_fold_keeps_rejecting_is_not_appended_again_and_again(
     second); it appends each once, and says the run is stuck and how to end it."""
     monkeypatch.setattr(driver, "STUCK_INTENT_SECONDS", 0.5)
     home = Home.open(tmp_path / "home")
-
-    def die_after_the_first_dispatch(point: str, key: str) -> None:
-        if point == "after_dispatch_create":
-            raise Crash(key)
-
-    with pytest.raises(Crash):
-        EmbeddedEngine(home, pipeline("lost-plan"), faults=die_after_the_first_dispatch).run(timeout=30)
+    _crash_then_tear(
+        home, pipeline("lost-plan"), lambda point, _: point == "after_dispatch_create", lambda e: b'"PlanCreated"' in e
+    )
     ledger = Ledger(home.store)
-    plan = next(i for i in ledger.list_event_ids().event_ids if b'"PlanCreated"' in ledger.read(i))
-    path = home.root / "store" / "objects" / home.store.full_name(ledger_object_name(plan))
-    path.write_bytes(path.read_bytes()[:40])
 
     with caplog.at_level(logging.WARNING), pytest.raises(TimeoutError):
         EmbeddedEngine(home, pipeline("lost-plan"), poll_seconds=0.01).run(timeout=3)
@@ -207,17 +211,13 @@ def test_a_timer_the_fold_keeps_rejecting_is_reported_as_a_stuck_run(
 
     flaky.task(fails_first, name="a", max_attempts=3, retry=FAST_RETRY)
 
-    def die_at_the_retry(point: str, key: str) -> None:
-        if point == "after_dispatch_create" and key.endswith(":a:2"):
-            raise Crash(key)
-
-    with pytest.raises(Crash):
-        EmbeddedEngine(home, flaky, faults=die_at_the_retry).run(timeout=30)
+    _crash_then_tear(
+        home,
+        flaky,
+        lambda point, key: point == "after_dispatch_create" and key.endswith(":a:2"),
+        lambda e: b"timer:retry:" in e and b'"TimerRequested"' in e,
+    )
     ledger = Ledger(home.store)
-    timer = next(i for i in ledger.list_event_ids().event_ids if b"timer:retry:" in ledger.read(i)
-                 and b'"TimerRequested"' in ledger.read(i))
-    path = home.root / "store" / "objects" / home.store.full_name(ledger_object_name(timer))
-    path.write_bytes(path.read_bytes()[:40])
 
     with caplog.at_level(logging.WARNING), pytest.raises(TimeoutError):
         EmbeddedEngine(home, flaky, poll_seconds=0.01, repair_seconds=0.2, repair_grace_sec=0).run(timeout=4)
