@@ -228,15 +228,13 @@ class Compactor:
             name = files.get("_events")
             if name:
                 ids.extend(_event_ids(name, self.store.get(name).data))
-        self._fold_ids(ids)
+        self._fold_afresh(ids)
         unseen = set(ids) - self.projection.folded_event_ids()
         if unseen:  # the published state was folded from events the ledger no longer has intact
             raise CorruptState(
                 f"{len(unseen)} ledger event(s) the published state was folded from are gone or unreadable now "
                 f"(e.g. {min(unseen)}); it no longer matches the ledger"
             )
-        self.projection.take_changes()
-        self._folded = set(ids)
 
     def has_tasks(self, run_id: str) -> bool:
         """Whether this compactor's fold of the ledger has any task of `run_id` (what
@@ -246,11 +244,13 @@ class Compactor:
 
     def _rebuild_from_ledger(self) -> None:
         """Fold every event of the ledger again (a listing: repair only, P6)."""
+        self._fold_afresh(self._listed())
+
+    def _fold_afresh(self, ids: list[str]) -> None:
+        """A new projection of exactly these events (those the ledger has), as folded."""
         self.projection = Projection(self.spec, self.registry, keep_history=True)
-        self._folded = set()
-        read = self._fold_ids(self._listed())
+        self._folded = set(self._fold_ids(ids))
         self.projection.take_changes()
-        self._folded = set(read)
 
     # ------------------------------------------------------------- ingest --
 
