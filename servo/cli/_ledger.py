@@ -19,10 +19,13 @@ ledger_app = typer.Typer(help="Read a home's ledger (the auditor's export).", no
 
 def stray_warning(err: Console) -> Callable[[str], None]:
     """How `ledger export` and `fold HOME` name a file in the ledger that is not an event."""
-    from servo.engine._home import STRAY
 
     def warn(name: str) -> None:
-        err.print(f"warning: skipped {name}: {STRAY}", markup=False, highlight=False)
+        err.print(
+            f"warning: skipped {name}: not an event file ({{day}}/{{event_id}}.json) of this home's ledger",
+            markup=False,
+            highlight=False,
+        )
 
     return warn
 

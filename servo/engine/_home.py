@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -21,9 +20,6 @@ from pathlib import Path
 
 from servo._errors import ServoError
 from servo.storage import Ledger, LocalStore, ScopedStore
-
-_LOG = logging.getLogger("servo.engine")
-STRAY = "not an event file ({day}/{event_id}.json) of this home's ledger"
 
 __all__ = ["Home", "HomeError"]
 
@@ -60,20 +56,17 @@ class Home:
         """Whether `root` looks like a home (it has a `store/`), without creating one."""
         return (Path(root) / "store").is_dir()
 
-    def ledger_events(self, on_stray: Callable[[str], None] | None = None) -> Iterator[bytes]:
+    def ledger_events(self, on_stray: Callable[[str], None]) -> Iterator[bytes]:
         """Every event of this home's ledger, one envelope each, in event_id order.
 
         It lists the ledger (allowed: this is an export, not the correctness path, P6).
         An object there that is not an event file (`{day}/{event_id}.json`) is skipped
-        and named to `on_stray` (default: a warning in the log).
+        and named to `on_stray`.
         """
         ledger = Ledger(self.store)
         listed = ledger.list_event_ids()
         for name in listed.strays:
-            if on_stray is not None:
-                on_stray(name)
-            else:
-                _LOG.warning("skipped %s: %s", name, STRAY)
+            on_stray(name)
         for event_id in sorted(listed.event_ids):
             yield ledger.read(event_id)
 
