@@ -716,8 +716,8 @@ class EmbeddedEngine:
         view, watermark, now = self._view, self._watermark, datetime.now(UTC)
         if kind == TIMER:
             timer = view.timers.get(body.decode())
-            if timer is None:
-                return 503  # not folded yet
+            if timer is None or (self.leading and watermark < timer.fire_at <= now):
+                return 503  # not folded yet, or due after the last cut (see `_deliver`)
             tenant, workspace = self.home.tenant, self.home.workspace
             events = on_timer_fired(view, timer, now, watermark, tenant=tenant, workspace=workspace, config=self.config)
             self._append_intents(events)
@@ -736,6 +736,11 @@ class EmbeddedEngine:
             timer = view.timers.get(task.payload.decode())
             if timer is None:
                 self._nack(lease, now + timedelta(seconds=1))  # not folded yet
+                return
+            if self.leading and watermark < timer.fire_at <= now:
+                # Due after this loop's cut: the next loop's cut passes fire_at, so it
+                # fires then, not a rescheduled second or more later (INV-9 either way).
+                self._nack(lease, now)
                 return
             events = on_timer_fired(
                 view, timer, now, watermark, tenant=self.home.tenant, workspace=self.home.workspace, config=self.config,

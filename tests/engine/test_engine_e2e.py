@@ -156,7 +156,7 @@ def test_a_pipeline_imports_modules_beside_it_and_prints_without_breaking_json(t
         "pipeline = Pipeline('beside')\n"
         "@pipeline.task()\n"
         "def shout():\n"
-        "    print('task output', answer())\n"
+        "    print(f'task output {answer()}')  # one write: the tasks run at once\n"
         "@pipeline.task()\n"
         "def shell_out():\n"  # a child process (dbt, spark-submit...) writes to fd 1 itself
         "    import os, subprocess, sys\n"
