@@ -107,11 +107,17 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: <unprintable>"
 
 
+def utf8_safe(text: str) -> str:
+    """`text` as UTF-8 can carry it: a lone surrogate (`os.fsdecode` of a non-UTF-8 file
+    name) is escaped (`\\udcff`) instead of making the event unwritable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def describe_error(exc: BaseException) -> str:
     """`error_text` plus where the exception was raised (its last traceback frame): the
     error_message a failed attempt reports."""
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    return error_text(exc) + (f" (at {last[0].filename}:{last[0].lineno})" if last else "")
+    return utf8_safe(error_text(exc) + (f" (at {last[0].filename}:{last[0].lineno})" if last else ""))
 
 class CallbackRejected(ServoError):
     """A callback was refused; `status` is the HTTP status to answer with."""
@@ -274,7 +280,7 @@ class CallbackService:
             "task_key": d.task_key,
             "attempt": d.attempt,
             "attempt_id": d.attempt_id,
-            "worker_id": worker_id,
+            "worker_id": utf8_safe(worker_id),
         }
 
     @_observed("started")
@@ -304,7 +310,7 @@ class CallbackService:
         data = self._fact(d, worker_id)
         data["outcome"] = outcome
         if error_message:
-            data["error_message"] = error_message[:4000]
+            data["error_message"] = utf8_safe(error_message)[:4000]
         # An asset task's finish names its partition (from the plan: SPEC §7 folds
         # partition status from these), and a success names its materialization.
         if task.asset_key is not None:

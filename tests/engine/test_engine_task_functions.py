@@ -470,6 +470,24 @@ def test_an_exception_that_cannot_be_printed_still_fails_its_attempt_once(tmp_pa
     assert len(runs) == 1
 
 
+def test_an_error_text_with_a_lone_surrogate_fails_its_attempt_once(tmp_path: Path) -> None:
+    """`os.fsdecode` of a non-UTF-8 file name yields lone surrogates; an exception naming
+    such a file could not be written to the ledger, so the attempt never ended and the
+    run hung. The text is kept, with the bad code point escaped."""
+    import os
+
+    pipeline = Pipeline("surrogates")
+
+    @pipeline.task()
+    def opens() -> None:
+        name = os.fsdecode(b"report-\xff.csv")
+        raise FileNotFoundError(f"cannot open {name}")
+
+    states = run(tmp_path, pipeline)
+    assert states["opens"][:2] == ("FAILED", 1)
+    assert "cannot open report-\\udcff.csv" in (states["opens"][2] or "")
+
+
 def test_a_base_exception_from_a_task_fails_that_attempt_like_any_other(tmp_path: Path) -> None:
     """A BaseException that is not an Exception (a library's own "abort" class) ends the
     attempt FAILED (TaskExited) instead of escaping the worker and being re-run."""
