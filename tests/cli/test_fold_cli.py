@@ -62,6 +62,41 @@ def test_invalid_lines_are_reported_and_the_fold_does_not_crash(tmp_path: Path) 
     assert tables["runs"][0]["state"] == "FAILED"
 
 
+def test_junk_lines_are_rejected_the_same_in_any_line_order(tmp_path: Path) -> None:
+    """A `null` line was skipped like a blank one when the ledger was out of order, and
+    rejected when it was in order: the output depended on line order (INV-1)."""
+    lines = [*LEDGER.read_text().splitlines(), "null", "true", "0", '""', "{}", "[1]", "{oops"]
+    rng = random.Random(7)
+    outputs = set()
+    for trial in range(4):
+        mixed = list(lines)
+        if trial:
+            rng.shuffle(mixed)
+        copy = tmp_path / f"junk_{trial}.jsonl"
+        copy.write_text("\n".join(mixed) + "\n")
+        outputs.add(fold_json(copy))
+    assert len(outputs) == 1
+    invalid = [r for r in json.loads(outputs.pop())["rejected_events"] if r["reason"] == "INVALID"]
+    assert len(invalid) == 7
+
+
+def test_copies_of_one_event_with_labels_in_another_key_order_fold_alike(tmp_path: Path) -> None:
+    """Two copies of one event are one event: the labels a run row shows may not depend
+    on which copy came first (keys are sorted)."""
+    lines = LEDGER.read_text().splitlines()
+    envelope = json.loads(next(line for line in lines if '"RunTriggered"' in line))
+    envelope["data"]["labels"] = {"team": "x", "a": "b"}
+    first = json.dumps(envelope)
+    envelope["data"]["labels"] = {"a": "b", "team": "x"}
+    second = json.dumps(envelope)
+    rest = [line for line in lines if '"RunTriggered"' not in line]
+    one, other = tmp_path / "one.jsonl", tmp_path / "other.jsonl"
+    one.write_text("\n".join([first, second, *rest]) + "\n")
+    other.write_text("\n".join([second, first, *rest]) + "\n")
+    assert fold_json(one) == fold_json(other)
+    assert list(json.loads(fold_json(one))["runs"][0]["labels"]) == ["a", "team"]
+
+
 def test_strict_exits_one_when_something_was_rejected() -> None:
     result = runner.invoke(app, ["fold", str(LEDGER), "--json", "--strict"])
     assert result.exit_code == 1

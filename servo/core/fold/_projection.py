@@ -66,7 +66,7 @@ class Projection:
         index: list[str] = []
         for number, raw in enumerate(lines):
             obj = self._decode(raw)
-            if obj is None:
+            if obj is _SKIP:
                 continue
             event_id = obj.get("event_id") if isinstance(obj, dict) else None
             if isinstance(event_id, str) and _PRINTABLE.match(event_id):
@@ -77,14 +77,15 @@ class Projection:
         self._apply_sorted(self._in_order(lines, index))
 
     def _decode(self, raw: str | bytes) -> Any:
-        """Decoded JSON, or None for a blank line or a rejected (undecodable) one."""
+        """Decoded JSON (`null` too: a line to reject, in any order), or `_SKIP` for a
+        blank line or a rejected (undecodable) one."""
         if not raw.strip():
-            return None
+            return _SKIP
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             self._reject_text(_text(raw).strip(), "INVALID", None, "not valid JSON")
-            return None
+            return _SKIP
 
     def _in_order(self, lines: Sequence[str | bytes], index: list[str]) -> Iterator[Event]:
         i = 0
@@ -115,7 +116,7 @@ class Projection:
                 obj = loads(raw)
             except orjson.JSONDecodeError:  # a blank line, or one to reject
                 obj = decode(raw)
-                if obj is None:
+                if obj is _SKIP:
                     continue
             try:  # catalog.parse's fast path, inlined
                 fast = fast_parsers[obj["event_type"]]
@@ -469,6 +470,10 @@ def fold(events: Iterable[Event], spec: Spec, registry: Registry) -> Projection:
     projection = Projection(spec, registry, keep_history=False)
     projection.apply(events)
     return projection
+
+
+_SKIP: Any = object()
+"""What `_decode` returns for a line with nothing to fold (blank, or rejected)."""
 
 
 class _OutOfOrder(Exception):

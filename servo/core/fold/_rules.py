@@ -60,7 +60,7 @@ class RunOfEvent:
             trigger_kind=str(trigger.get("kind", "")),
             created_at=ctx.occurred_at,
             code_version=d.get("code_version"),
-            labels=dict(d.get("labels") or {}),
+            labels=dict(sorted((d.get("labels") or {}).items())),  # copies may order keys apart
             row_version=ctx.event_id,
         )
         ctx.part.run = run
