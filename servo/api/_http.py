@@ -305,9 +305,12 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        """Prometheus exposition of the default registry."""
+        """Prometheus exposition: Servo's registry (latencies, errors by type, queue
+        depth) and the default one (process and Python runtime)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        from servo.obs import REGISTRY
+
+        return Response(generate_latest(REGISTRY) + generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -46,6 +46,7 @@ def list_runs(home: HomeOption = Path(".servo"), as_json: JsonOption = False) ->
         runs = _snapshot(home)["runs"]
     except ServoError as exc:
         raise _fail(str(exc)) from None
+    runs.sort(key=lambda r: (str(r["created_at"]), str(r["run_id"])), reverse=True)  # newest first
     if as_json:
         sys.stdout.write(json.dumps(runs, indent=2) + "\n")
         return
@@ -55,7 +56,7 @@ def list_runs(home: HomeOption = Path(".servo"), as_json: JsonOption = False) ->
     table.add_column("state", no_wrap=True)
     table.add_column("ok", justify="right", no_wrap=True)
     table.add_column("created", no_wrap=True)
-    for run in sorted(runs, key=lambda r: str(r["created_at"]), reverse=True):
+    for run in runs:
         labels = run.get("labels") or {}
         created = str(run["created_at"] or "")[:16].replace("T", " ")  # UTC
         tasks = f"{run['tasks_succeeded']}/{run['tasks_total']}"

@@ -40,10 +40,10 @@ def test_list_and_show_read_the_published_projection(tmp_path: Path, spec: Spec,
     home = seeded_home(tmp_path, spec, rules, catalog)
     listed = runner.invoke(app, ["runs", "list", "--home", str(home), "--json"])
     assert listed.exit_code == 0, listed.output
-    assert {(r["run_id"], r["state"]) for r in json.loads(listed.stdout)} == {
-        ("run_nightly", "FAILED"),
+    assert [(r["run_id"], r["state"]) for r in json.loads(listed.stdout)] == [  # newest first, as in the table
         ("run_open", "RUNNING"),
-    }
+        ("run_nightly", "FAILED"),
+    ]
     shown = runner.invoke(app, ["runs", "show", "run_nightly", "--home", str(home), "--json"])
     body = json.loads(shown.stdout)
     assert {t["task_key"]: t["state"] for t in body["tasks"]}["notify"] == "SKIPPED"

@@ -122,7 +122,11 @@ def test_health_runs_and_metrics_read_endpoints(api: httpx.Client, stage: Stage)
     assert {t["task_key"]: t["state"] for t in shown["tasks"]} == {"a": "READY", "b": "BLOCKED"}
     missing = api.get("/v1/runs/run_nope")
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_run"
+    call = stage.dispatch("run_1", "a", 1)
+    assert api.post("/v1/callbacks/started", json=call["json"], headers=call["headers"]).status_code == 200
     metrics = api.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert "# HELP" in metrics.text
+    # Servo's own registry (callback latency, errors by type), not only the process's
+    assert 'servo_callback_seconds_count{callback="started"}' in metrics.text
+    assert "servo_errors_total" in metrics.text and "process_" in metrics.text
