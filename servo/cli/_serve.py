@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,17 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _logging(configure: Callable[[], object]) -> None:
+    """Install servo's log handler; a bad $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL is exit 2."""
+    try:
+        configure()
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+_UVICORN_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -37,8 +49,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
 def serve_command(
     home: HomeOption = Path(".servo"),
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed on start).")] = 8080,
-    lag_wait: Annotated[float, typer.Option(help="Seconds a callback may wait for the projection to catch up.")] = 2.0,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one (printed on start).")] = 8080,
+    lag_wait: Annotated[
+        float, typer.Option(min=0, help="Seconds a callback may wait for the projection to catch up.")
+    ] = 2.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve a home's HTTP API: worker callbacks, run status, /metrics."""
@@ -46,7 +60,11 @@ def serve_command(
 
     from servo.api import create_app
     from servo.engine import Home
+    from servo.obs import configure_logging
 
+    if log_level.lower() not in _UVICORN_LEVELS:
+        raise _fail(f"--log-level must be one of {', '.join(_UVICORN_LEVELS)}, not {log_level!r}")
+    _logging(configure_logging)  # servo's own lines: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
     try:
         h = Home.open(home)
         h.secret  # noqa: B018 - create it now, so workers and the engine share one
@@ -63,7 +81,7 @@ def serve_command(
     bound = sock.getsockname()[1]
     sys.stdout.write(f"servo serve: {h.root} on http://{host}:{bound}\n")
     sys.stdout.flush()
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level.lower(), lifespan="off"))
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to
     # the handler it found; a no-op one makes a requested stop exit 0, not -15.
     _stop_on_signals(threading.Event())
@@ -91,10 +109,14 @@ def worker_command(
     """Run dispatched tasks of a home's queue, reporting to `servo serve` over HTTP."""
     from servo.cli._run import _load_pipeline
     from servo.engine import Home
+    from servo.obs import configure_logging
     from servo.worker import HttpWorker
 
     if concurrency < 1:
         raise _fail("--concurrency must be at least 1")
+    if not lease_seconds > 0:
+        raise _fail(f"--lease-seconds must be more than 0 (got {lease_seconds})")
+    _logging(configure_logging)  # a failed task, an unreachable server: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
     try:
         pipeline = _load_pipeline(pipeline_file, pipeline_name)
         h = Home.open(home, create=False)

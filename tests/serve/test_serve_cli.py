@@ -44,3 +44,16 @@ def test_worker_errors_name_the_problem(tmp_path: Path) -> None:
     _clear_error(unreachable, "cannot reach servo serve at")
     bad = runner.invoke(app, ["worker", "--home", str(home), "--pipeline", str(EXAMPLE), "--concurrency", "0"])
     _clear_error(bad, "--concurrency must be at least 1")
+
+
+def test_out_of_range_options_are_clear_errors(tmp_path: Path) -> None:
+    """A port past 65535, an unknown log level, a negative lag wait, a lease of no time:
+    each used to be a traceback (OverflowError, KeyError, ValueError)."""
+    home = str(tmp_path / "h")
+    _clear_error(runner.invoke(app, ["serve", "--home", home, "--port", "99999"]), "--port")
+    _clear_error(runner.invoke(app, ["serve", "--home", home, "--log-level", "bogus"]), "--log-level")
+    _clear_error(runner.invoke(app, ["serve", "--home", home, "--lag-wait", "-1"]), "--lag-wait")
+    Home.open(tmp_path / "h")
+    for lease in ("0", "-1"):
+        args = ["worker", "--home", home, "--pipeline", str(EXAMPLE), "--lease-seconds", lease]
+        _clear_error(runner.invoke(app, args), "--lease-seconds")
