@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -30,10 +29,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _logging(configure: Callable[[], object]) -> None:
+def _configure_logging() -> None:
     """Install servo's log handler; a bad $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL is exit 2."""
+    from servo.obs import configure_logging
+
     try:
-        configure()
+        configure_logging()
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -60,11 +61,10 @@ def serve_command(
 
     from servo.api import create_app
     from servo.engine import Home
-    from servo.obs import configure_logging
 
     if log_level.lower() not in _UVICORN_LEVELS:
         raise _fail(f"--log-level must be one of {', '.join(_UVICORN_LEVELS)}, not {log_level!r}")
-    _logging(configure_logging)  # servo's own lines: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
+    _configure_logging()  # servo's own lines: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
     try:
         h = Home.open(home)
         h.secret  # noqa: B018 - create it now, so workers and the engine share one
@@ -109,14 +109,13 @@ def worker_command(
     """Run dispatched tasks of a home's queue, reporting to `servo serve` over HTTP."""
     from servo.cli._run import _load_pipeline
     from servo.engine import Home
-    from servo.obs import configure_logging
     from servo.worker import HttpWorker
 
     if concurrency < 1:
         raise _fail("--concurrency must be at least 1")
     if not lease_seconds > 0:
         raise _fail(f"--lease-seconds must be more than 0 (got {lease_seconds})")
-    _logging(configure_logging)  # a failed task, an unreachable server: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
+    _configure_logging()  # a failed task, an unreachable server: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
     try:
         pipeline = _load_pipeline(pipeline_file, pipeline_name)
         h = Home.open(home, create=False)
