@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
 
-__all__ = ["app", "main"]
+__all__ = ["Terminated", "app", "main", "terminate"]
 
 app = typer.Typer(
     name="servo",
@@ -18,6 +19,14 @@ app = typer.Typer(
 )
 
 
+class Terminated(BaseException):
+    """SIGTERM (kill, docker stop, a cancelled CI job) arrived: stop like Ctrl-C."""
+
+
+def terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
     """Entry point of the `servo` script.
 
@@ -25,12 +34,20 @@ def main() -> None:
     ends with `os._exit`: under load we saw a native library's thread abort the
     interpreter's teardown ("terminate called without an active exception", exit
     134) after all work was done, which turned a success into a crash code.
+
+    A SIGTERM before a command installs its own handling (while its modules load, the
+    first second of `servo run`) ends it with 143 and a line saying so, like Ctrl-C's
+    130, not with death by the signal and nothing said.
     """
     code: int = 0
+    signal.signal(signal.SIGTERM, terminate)
     try:
         app()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Terminated:
+        sys.stderr.write("terminated\n")
+        code = 143
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,20 +18,15 @@ from rich.live import Live
 from rich.table import Table
 
 from servo._errors import ServoError
+from servo.cli._app import Terminated, terminate
+
+if TYPE_CHECKING:
+    from servo.engine import EmbeddedEngine
 
 __all__ = ["run_command"]
 
 ORDER = ("BLOCKED", "READY", "DISPATCHED", "RUNNING", "RETRY_WAIT", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
 
-
-
-
-class _Terminated(BaseException):
-    """SIGTERM (kill, docker stop, a cancelled CI job) arrived: stop like Ctrl-C."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
 
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
@@ -116,34 +111,34 @@ def run_command(
     metrics_addr: Annotated[str, typer.Option("--metrics-addr", help="Address for --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Run a pipeline to completion; exit 1 if the run did not succeed."""
-    from servo.engine import EmbeddedEngine, Home
-    from servo.obs import configure_logging, serve_metrics
-
+    try:  # first: a SIGTERM while the engine's modules load is exit 143 too
+        previous_sigterm: Any = signal.signal(signal.SIGTERM, terminate)  # like Ctrl-C
+    except ValueError:  # not the main thread (called from code, not the command line)
+        previous_sigterm = None
     err = Console(stderr=True, soft_wrap=True)
-    if workers < 1:
-        err.print(f"error: --workers must be at least 1 (got {workers})")
-        raise typer.Exit(2)
-    try:
-        configure_logging(log_format, log_level)
-    except ValueError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(2) from None
-    stop_metrics = None
-    if metrics_port is not None:
-        try:
-            stop_metrics = serve_metrics(metrics_port, metrics_addr)
-        except OSError as exc:
-            err.print(f"error: cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}")
-            raise typer.Exit(2) from None
     engine: EmbeddedEngine | None = None
+    stop_metrics = None
     # With --json, stdout carries the JSON document only: what the pipeline prints
     # (while loading or in its tasks, child processes included) goes to stderr.
     scope = contextlib.ExitStack()
     try:
-        previous_sigterm: Any = signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C, exit 143
-    except ValueError:  # not the main thread (called from code, not the command line)
-        previous_sigterm = None
-    try:
+        from servo.engine import EmbeddedEngine, Home
+        from servo.obs import configure_logging, serve_metrics
+
+        if workers < 1:
+            err.print(f"error: --workers must be at least 1 (got {workers})")
+            raise typer.Exit(2)
+        try:
+            configure_logging(log_format, log_level)
+        except ValueError as exc:
+            err.print(f"error: {exc}")
+            raise typer.Exit(2) from None
+        if metrics_port is not None:
+            try:
+                stop_metrics = serve_metrics(metrics_port, metrics_addr)
+            except OSError as exc:
+                err.print(f"error: cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}")
+                raise typer.Exit(2) from None
         if as_json:
             scope.enter_context(_stdout_to_stderr())
         pipeline = _load_pipeline(file, pipeline_name)
@@ -168,10 +163,13 @@ def run_command(
     except TimeoutError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(3) from None
-    except (KeyboardInterrupt, _Terminated) as stop:
-        which = f"run {engine.run_id}" if engine is not None and engine.run_id else "the run"
-        word, code = ("terminated", 143) if isinstance(stop, _Terminated) else ("interrupted", 130)
-        err.print(f"{word}: {which} is unfinished; `servo run {file}` again resumes it")
+    except (KeyboardInterrupt, Terminated) as stop:
+        word, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        if engine is None:
+            err.print(f"{word} before the run started")
+        else:
+            which = f"run {engine.run_id}" if engine.run_id else "the run"
+            err.print(f"{word}: {which} is unfinished; `servo run {file}` again resumes it")
         raise typer.Exit(code) from None
     finally:
         if previous_sigterm is not None:

@@ -144,6 +144,47 @@ def test_ctrl_c_stops_servo_run_at_once_and_names_the_run_to_resume(
     assert "Traceback" not in stderr
 
 
+_SIGTERM_ON_IMPORT = """
+import importlib.abc, os, signal, sys
+
+MODULE = sys.argv[1]
+
+
+class SigtermOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == MODULE:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: mid-import
+        return None
+
+sys.meta_path.insert(0, SigtermOnImport())
+sys.argv = ["servo", *sys.argv[2:]]
+from servo.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "command"),
+    [("servo.engine", ["run", str(LONG)]), ("servo.worker", ["worker", "--pipeline", str(LONG)])],
+)
+def test_sigterm_while_a_command_is_still_loading_exits_143_not_minus_15(
+    tmp_path: Path, module: str, command: list[str]
+) -> None:
+    """A SIGTERM that arrives before the command is under way (its modules are still
+    loading: the first second of `servo run`) stops it like one that arrives later:
+    exit 143 and a line saying so, not death by the signal (-15) with nothing said."""
+    script = tmp_path / "sigterm_on_import.py"
+    script.write_text(_SIGTERM_ON_IMPORT)
+    result = subprocess.run(
+        [sys.executable, str(script), module, *command, "--home", str(tmp_path / ".servo")],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )
+    assert result.returncode == 143, (result.returncode, result.stderr)
+    assert "terminated" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_pipeline_imports_modules_beside_it_and_prints_without_breaking_json(tmp_path: Path) -> None:
     """Like `python FILE.py`, the file's own directory is importable; with `--json`,
     stdout carries only the JSON document (what tasks print goes to stderr)."""
