@@ -11,8 +11,9 @@
 
 Answers: 200 `{"accepted": true, "event_id": ...}`; 401 `missing_token`; 403
 `forged_callback` (token or tenant wrong); 409 `stale_attempt` (the attempt is not the
-task's current live one); 422 `invalid_request` (malformed JSON or fields). Every
-error body is `{"error": <code>, "detail": <one readable line>}`, never a traceback.
+task's current live one); 413 `payload_too_large` (a body over MAX_BODY_BYTES, refused
+before it is read whole); 422 `invalid_request` (malformed JSON, not UTF-8, or bad
+fields). Every error body is `{"error": <code>, "detail": <one readable line>}`, never a traceback.
 
 The serve process does not compact: it reads the published projection and appends
 worker facts to the ledger, posting each new event id to the home's notify spool so
@@ -38,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servo._errors import InvalidEvent, ServoError
 from servo.compactor import ProjectionReader, Snapshot, StateView
@@ -58,7 +60,11 @@ from servo.worker import (
     attempt_token,
 )
 
-__all__ = ["create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+MAX_BODY_BYTES = 1 << 20
+"""The largest request body served: a callback is a few hundred bytes (its error text
+is cut at 4,000 characters), so anything bigger is refused before it fills memory."""
 
 log = logging.getLogger("servo.serve")
 
@@ -102,6 +108,38 @@ class FinishedCallback(AttemptCallback):
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+class _BodyLimit:
+    """ASGI middleware: a body declared (Content-Length) or streamed (chunked) past
+    `limit` bytes gets 413 without being read whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.limit} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _error(413, "payload_too_large", self._too_large())(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # raised inside the body read: the app's handler answers
+                raise StarletteHTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class _Projection:
@@ -240,6 +278,7 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
     projection = _Projection(home, lag_wait_seconds)
     callbacks = _Callbacks(home, projection)
     app = FastAPI(title="Servo", version="0.1.0", summary="Worker callbacks and run status for a Servo home.")
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -248,7 +287,11 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # FastAPI could not parse the body
+            problem = {"field": "body", "message": f"malformed: {exc.__cause__}"}
+            body = {"error": "invalid_request", "detail": f"body: {problem['message']}", "problems": [problem]}
+            return JSONResponse(body, status_code=422)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
 
     @app.exception_handler(ServoError)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 
 import httpx
 from serve_helpers import Stage
@@ -110,6 +111,37 @@ def test_malformed_bodies_get_422_with_a_json_message_never_a_500(api: httpx.Cli
     assert bad_pct.status_code == 422 and "progress_pct" in bad_pct.json()["detail"]
     unknown = api.post("/v1/callbacks/exploded", **call)
     assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
+
+
+def test_an_oversized_or_non_utf8_body_is_refused_before_it_is_read_whole(api: httpx.Client, stage: Stage) -> None:
+    """A callback body is small (error texts are cut at 4,000 characters): one of more
+    than a mebibyte gets 413 at once, declared or streamed, instead of the server
+    reading it all into memory; bytes that are not UTF-8 are a malformed body (422)."""
+    from servo.api._http import MAX_BODY_BYTES
+
+    stage.start_run("run_1", TaskDef("a"))
+    call = stage.dispatch("run_1", "a", 1)
+    headers = {**call["headers"], "Content-Type": "application/json"}
+    huge = json.dumps({**call["json"], "outcome": "FAILED", "error_message": "x" * MAX_BODY_BYTES}).encode()
+    declared = api.post("/v1/callbacks/finished", content=huge, headers=headers)
+    assert declared.status_code == 413, declared.text
+    assert declared.json()["error"] == "payload_too_large"
+    assert str(MAX_BODY_BYTES) in declared.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+        for start in range(0, len(huge), 65536):
+            yield huge[start : start + 65536]
+
+    streamed = api.post("/v1/callbacks/finished", content=chunks(), headers=headers)
+    assert streamed.status_code == 413, streamed.text
+    assert streamed.json()["error"] == "payload_too_large"
+    not_utf8 = api.post("/v1/callbacks/started", content=b'{"tenant": "\xff\xfe"}', headers=headers)
+    assert not_utf8.status_code == 422, not_utf8.text
+    assert not_utf8.json()["error"] == "invalid_request"
+    assert "Traceback" not in not_utf8.text
+    assert set(_ledger_types(stage).values()) == {"RunTriggered", "PlanCreated", "DispatchRequested"}
+    fine = api.post("/v1/callbacks/finished", json={**call["json"], "outcome": "FAILED", "error_message": "y" * 20000}, headers=call["headers"])
+    assert fine.status_code == 200, fine.text
 
 
 def test_health_runs_and_metrics_read_endpoints(api: httpx.Client, stage: Stage) -> None:
