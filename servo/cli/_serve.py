@@ -11,13 +11,17 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from servo._errors import ServoError
+
+if TYPE_CHECKING:
+    from servo.engine import Home
 
 __all__ = ["serve_command", "worker_command"]
 
@@ -91,6 +95,21 @@ def serve_command(
         sock.close()
 
 
+def _await_home(root: Path, deadline: float) -> Home:
+    """The home at `root`, waiting until `deadline` (monotonic) for `servo serve` or
+    `servo run`, started alongside, to create it."""
+    from servo.engine import Home
+    from servo.engine._home import HomeError
+
+    while True:
+        try:
+            return Home.open(root, create=False)
+        except HomeError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
 def worker_command(
     pipeline_file: Annotated[Path, typer.Option("--pipeline", help="The Python file that declares the pipeline.")],
     home: HomeOption = Path(".servo"),
@@ -104,11 +123,12 @@ def worker_command(
         typer.Option(help="Lease length; extended while the task runs, so a dead worker's task is free again this long after it died."),
     ] = 30.0,
     idle_exit: Annotated[float | None, typer.Option(help="Exit after this many seconds with nothing to do.")] = None,
-    wait_for_server: Annotated[float, typer.Option(help="Seconds to wait for --server to answer at start.")] = 5.0,
+    wait_for_server: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait at start for the home to exist and --server to answer.")
+    ] = 5.0,
 ) -> None:
     """Run dispatched tasks of a home's queue, reporting to `servo serve` over HTTP."""
     from servo.cli._run import _load_pipeline
-    from servo.engine import Home
     from servo.worker import HttpWorker
 
     if concurrency < 1:
@@ -118,9 +138,10 @@ def worker_command(
     _configure_logging()  # a failed task, an unreachable server: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
     try:
         pipeline = _load_pipeline(pipeline_file, pipeline_name)
-        h = Home.open(home, create=False)
+        deadline = time.monotonic() + wait_for_server
+        h = _await_home(home, deadline)
         worker = HttpWorker(h.queue_path, pipeline, server=server, concurrency=concurrency, lease_seconds=lease_seconds)
-        worker.check_server(wait_for_server)
+        worker.check_server(max(0.0, deadline - time.monotonic()))
     except ServoError as exc:
         raise _fail(str(exc)) from None
     stop = threading.Event()

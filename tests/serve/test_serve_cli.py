@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -34,7 +35,9 @@ def test_worker_errors_name_the_problem(tmp_path: Path) -> None:
     home = Home.open(tmp_path / "h").root
     missing = runner.invoke(app, ["worker", "--home", str(home), "--pipeline", str(tmp_path / "nope.py")])
     _clear_error(missing, "no such file")
-    no_home = runner.invoke(app, ["worker", "--home", str(tmp_path / "none"), "--pipeline", str(EXAMPLE)])
+    no_home = runner.invoke(
+        app, ["worker", "--home", str(tmp_path / "none"), "--pipeline", str(EXAMPLE), "--wait-for-server", "0.3"]
+    )
     _clear_error(no_home, "no Servo home here")
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -44,6 +47,22 @@ def test_worker_errors_name_the_problem(tmp_path: Path) -> None:
     _clear_error(unreachable, "cannot reach servo serve at")
     bad = runner.invoke(app, ["worker", "--home", str(home), "--pipeline", str(EXAMPLE), "--concurrency", "0"])
     _clear_error(bad, "--concurrency must be at least 1")
+
+
+def test_a_worker_started_before_serve_waits_for_the_home_to_appear(tmp_path: Path) -> None:
+    """`servo worker` and `servo serve` started together (a compose file, a CI job):
+    the worker may look before serve has made a new home; within --wait-for-server it
+    waits for it, as it waits for the server, instead of exiting."""
+    late = tmp_path / "late"
+    maker = threading.Timer(0.5, lambda: Home.open(late))
+    maker.start()
+    try:
+        args = ["worker", "--home", str(late), "--pipeline", str(EXAMPLE), "--wait-for-server", "10", "--idle-exit", "0.2"]
+        result = runner.invoke(app, args)
+    finally:
+        maker.join()
+    assert result.exit_code == 0, result.output
+    assert "stopped after 0 task(s)" in result.output
 
 
 def test_out_of_range_options_are_clear_errors(tmp_path: Path) -> None:
