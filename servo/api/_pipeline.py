@@ -156,6 +156,11 @@ class Pipeline:
             if not isinstance(key, str) or key == "<lambda>":
                 raise PipelineError(f"{func!r} has no usable name: pass name=... to pipeline.task")
             _check_key("task name", key)
+            if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+                raise PipelineError(
+                    f"task {key!r} is a generator function: calling it makes a generator and its body "
+                    "would never run; make it return instead of yield"
+                )
             if key in self.tasks:
                 raise PipelineError(f"pipeline {self.name!r}: task {key!r} is declared twice")
             for what, value in (("max_attempts", max_attempts), ("heartbeat_timeout_sec", heartbeat_timeout_sec)):
@@ -212,6 +217,8 @@ class Pipeline:
         params: Sequence[inspect.Parameter] = list(inspect.signature(fn).parameters.values())
         try:
             result = fn(ctx) if params else fn()
+            if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                raise TypeError(f"task {key!r} returned a generator, so its body never ran; make it return instead of yield")
             if inspect.isawaitable(result):
                 asyncio.run(_awaited(result))
         except SystemExit as exc:

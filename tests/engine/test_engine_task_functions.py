@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,39 @@ def test_async_task_functions_are_awaited(tmp_path: Path) -> None:
     states = run(tmp_path, pipeline)
     assert states["fine"][:2] == ("SUCCEEDED", 1) and ran == ["fine"]
     assert states["broken"][0] == "FAILED" and "ValueError: async failure" in (states["broken"][2] or "")
+
+
+def test_a_generator_task_is_refused_since_its_body_would_never_run() -> None:
+    """Calling a generator function (a task that `yield`s, as ported from another
+    orchestrator) only makes a generator: the body never ran, yet the attempt
+    'succeeded'. It is refused at declaration, and a plain function that returns a
+    generator fails its attempt instead of succeeding without doing its work."""
+    pipeline = Pipeline("gens")
+
+    def yields() -> Iterator[int]:
+        yield 1
+
+    async def async_yields() -> AsyncIterator[int]:
+        yield 1
+
+    for fn in (yields, async_yields):
+        with pytest.raises(PipelineError, match=f"task {fn.__name__!r}.*generator.*never run"):
+            pipeline.task(fn)
+    assert pipeline.tasks == {}
+
+
+def test_a_task_that_returns_a_generator_fails_its_attempt(tmp_path: Path) -> None:
+    pipeline = Pipeline("returns_gen")
+    ran: list[int] = []
+
+    def body() -> Iterator[int]:
+        ran.append(1)
+        yield 1
+
+    pipeline.task(lambda: body(), name="lazy")
+    states = run(tmp_path, pipeline)
+    assert states["lazy"][:2] == ("FAILED", 1)
+    assert "generator" in (states["lazy"][2] or "") and ran == []
 
 
 def test_a_pipeline_without_tasks_is_refused_before_anything_starts(tmp_path: Path) -> None:
