@@ -21,7 +21,7 @@ from servo._errors import ServoError
 from servo.cli._app import Terminated, terminate
 
 if TYPE_CHECKING:
-    from servo.engine import EmbeddedEngine
+    from servo.engine import EmbeddedEngine, RunOutcome
 
 __all__ = ["run_command"]
 
@@ -77,6 +77,10 @@ def _load_pipeline(path: Path, name: str | None) -> Any:
     return next(iter(found.values()))
 
 
+def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
+    return {"run": outcome.run, "tasks": outcome.tasks, "resumed": outcome.resumed, "seconds": round(outcome.seconds, 3)}
+
+
 def _progress_table(counts: Mapping[str, int], state: str) -> Table:
     table = Table(title=f"run: {state}", show_header=True)
     for column in ORDER:
@@ -122,7 +126,7 @@ def run_command(
     # (while loading or in its tasks, child processes included) goes to stderr.
     scope = contextlib.ExitStack()
     try:
-        from servo.engine import EmbeddedEngine, Home
+        from servo.engine import EmbeddedEngine, Home, RunTimedOut
         from servo.obs import configure_logging, serve_metrics
 
         if workers < 1:
@@ -162,6 +166,9 @@ def run_command(
         raise typer.Exit(2) from None
     except TimeoutError as exc:
         err.print(f"error: {exc}")
+        if as_json and isinstance(exc, RunTimedOut):  # a script still gets its document
+            scope.close()  # stdout is stdout again
+            sys.stdout.write(json.dumps({**_outcome_json(exc.outcome), "timed_out": True}, indent=2) + "\n")
         raise typer.Exit(3) from None
     except (KeyboardInterrupt, Terminated) as stop:
         word, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
@@ -178,8 +185,7 @@ def run_command(
         if stop_metrics is not None:
             stop_metrics()
     if as_json:
-        body = {"run": outcome.run, "tasks": outcome.tasks, "resumed": outcome.resumed, "seconds": round(outcome.seconds, 3)}
-        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        sys.stdout.write(json.dumps(_outcome_json(outcome), indent=2) + "\n")
     else:
         console = Console()
         verb = "resumed and finished" if outcome.resumed else "finished"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from servo.engine._driver import EmbeddedEngine, RunOutcome
+from servo.engine._driver import EmbeddedEngine, RunOutcome, RunTimedOut
 from servo.engine._home import Home, HomeError
 
-__all__ = ["EmbeddedEngine", "Home", "HomeError", "RunOutcome"]
+__all__ = ["EmbeddedEngine", "Home", "HomeError", "RunOutcome", "RunTimedOut"]

@@ -123,6 +123,15 @@ class RunOutcome:
         return str(self.run["state"])
 
 
+class RunTimedOut(TimeoutError):
+    """`run(timeout=...)` gave up waiting; the run is unfinished (a later `run` resumes
+    it) and `outcome` holds its rows as they stood."""
+
+    def __init__(self, message: str, outcome: RunOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
 @dataclass
 class _TaskContext:
     """What a task function sees (servo.api.TaskContext)."""
@@ -478,7 +487,8 @@ class EmbeddedEngine:
                         finished = not self._running
                         break
                 if timeout is not None and time.monotonic() - started > timeout:
-                    raise TimeoutError(f"run {run_id} did not finish within {timeout} s")
+                    where = self._outcome(run_id, resumed, started)
+                    raise RunTimedOut(f"run {run_id} did not finish within {timeout} s", where)
                 self._step(view, watermark, run_id, pool)
                 self._progress(view, run_id)
                 self._wake.wait(self.poll_seconds)
@@ -492,11 +502,17 @@ class EmbeddedEngine:
             pool.shutdown(wait=finished, cancel_futures=not finished)
             self._close_io()
             obs.unbind(bound)
-        view, _ = self._refresh()
+        self._refresh()
+        outcome = self._outcome(run_id, resumed, started)
+        _observe.run_finished(outcome.run, outcome.seconds)
+        return outcome
+
+    def _outcome(self, run_id: str, resumed: bool, started: float) -> RunOutcome:
+        """The run's rows in the published projection, as they stand."""
         tables = self.reader.read().tables
-        run_row = next(r for r in tables["runs"] if r["run_id"] == run_id)
+        # Not yet folded (a timeout within the first compaction): triggered, so PENDING.
+        run_row = next((r for r in tables["runs"] if r["run_id"] == run_id), {"run_id": run_id, "state": "PENDING"})
         tasks = [t for t in tables["tasks"] if t["run_id"] == run_id]
-        _observe.run_finished(run_row, time.monotonic() - started)
         return RunOutcome(run_row, tasks, resumed, time.monotonic() - started)
 
     def _start_or_resume_when_readable(

@@ -185,6 +185,24 @@ def test_sigterm_while_a_command_is_still_loading_exits_143_not_minus_15(
     assert "Traceback" not in result.stderr
 
 
+def test_a_run_past_its_timeout_exits_3_and_with_json_still_prints_where_it_stands(tmp_path: Path) -> None:
+    """`--timeout S` gives up waiting (exit 3; the run stays unfinished and resumable);
+    with `--json` a script still gets one JSON document: the run and its tasks as they
+    stood, marked `timed_out`."""
+    home = tmp_path / ".servo"
+    result = servo("run", str(LONG), "--home", str(home), "--timeout", "1.5", "--json")
+    assert result.returncode == 3, result.stderr
+    assert "did not finish within 1.5 s" in result.stderr and "Traceback" not in result.stderr
+    body = json.loads(result.stdout)
+    assert body["timed_out"] is True
+    assert body["run"]["state"] in ("PENDING", "RUNNING") and body["run"]["run_id"].startswith("run_")
+    assert [t["task_key"] for t in body["tasks"]] == ["long"]
+    assert body["tasks"][0]["state"] in ("READY", "DISPATCHED", "RUNNING")
+    plain = servo("run", str(LONG), "--home", str(home), "--timeout", "0.5")
+    assert plain.returncode == 3 and plain.stdout == ""
+    assert body["run"]["run_id"] in plain.stderr  # the same run, resumed, then given up again
+
+
 def test_a_pipeline_imports_modules_beside_it_and_prints_without_breaking_json(tmp_path: Path) -> None:
     """Like `python FILE.py`, the file's own directory is importable; with `--json`,
     stdout carries only the JSON document (what tasks print goes to stderr)."""
