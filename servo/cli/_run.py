@@ -129,9 +129,14 @@ def run_command(
         from servo.engine import EmbeddedEngine, Home, RunTimedOut
         from servo.obs import configure_logging, serve_metrics
 
-        if workers < 1:
-            err.print(f"error: --workers must be at least 1 (got {workers})")
-            raise typer.Exit(2)
+        for problem in (
+            f"--workers must be at least 1 (got {workers})" if workers < 1 else "",
+            "--run-key must not be empty (leave it out for a new run each time)" if run_key == "" else "",
+            f"--timeout must be more than 0 seconds (got {timeout:g})" if timeout is not None and not timeout > 0 else "",
+        ):
+            if problem:
+                err.print(f"error: {problem}")
+                raise typer.Exit(2)
         try:
             configure_logging(log_format, log_level)
         except ValueError as exc:

@@ -81,6 +81,11 @@ def test_missing_or_bad_pipeline_files_are_clear_errors(tmp_path: Path) -> None:
     assert no_workers.returncode == 2 and "--workers must be at least 1" in no_workers.stderr
     assert "Traceback" not in no_workers.stderr
     assert not (tmp_path / "w").exists()  # refused before any run was started
+    for option, value, says in (("--run-key", "", "--run-key must not be empty"), ("--timeout", "-1", "--timeout must be")):
+        refused = servo("run", str(DIAMOND), "--home", str(tmp_path / "k"), option, value)
+        assert refused.returncode == 2 and says in refused.stderr, (option, refused.stderr)
+        assert "Traceback" not in refused.stderr
+        assert not (tmp_path / "k").exists()
 
 
 def test_sigkill_at_random_moments_still_completes_each_task_once(tmp_path: Path, spec: Spec, rules: Registry) -> None:
