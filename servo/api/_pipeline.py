@@ -202,8 +202,10 @@ class Pipeline:
         return [spec.plan_entry() for spec in self.tasks.values()]
 
     def plan_id(self) -> str:
-        """A content hash of the plan: the same declaration gives the same id."""
-        text = repr(sorted((t["task_key"], t["depends_on"], t["max_attempts"]) for t in self.plan()))
+        """A content hash of the plan, every PlanCreated field of every task: the same
+        declaration gives the same id, and any change to what the plan records (a
+        dependency, max_attempts, a heartbeat timeout, a queue, an asset) another."""
+        text = json.dumps(sorted(self.plan(), key=lambda t: str(t["task_key"])), sort_keys=True, separators=(",", ":"))
         return "plan_" + hashlib.sha256(f"{self.name}:{text}".encode()).hexdigest()[:16]
 
     def call(self, key: str, ctx: TaskContext) -> None:

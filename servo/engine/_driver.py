@@ -123,6 +123,22 @@ class RunOutcome:
         return str(self.run["state"])
 
 
+_PLANNED_SETTINGS = ("heartbeat_timeout_sec", "max_attempts", "asset_key", "partition_key", "worker_queue")
+
+
+def _plan_diff(planned: Mapping[str, Any], declared: Mapping[str, Any]) -> str:
+    """How a task's row (as planned) differs from its declaration, setting by setting
+    ("max_attempts 1 -> 2, ..."); dependencies by their count (the row's deps_total)."""
+    diffs = [
+        f"{name} {planned.get(name)!r} -> {declared.get(name)!r}"
+        for name in _PLANNED_SETTINGS
+        if planned.get(name) != declared.get(name)
+    ]
+    if planned.get("deps_total") != len(declared["depends_on"]):
+        diffs.insert(0, f"dependencies {planned.get('deps_total')} -> {len(declared['depends_on'])}")
+    return ", ".join(diffs)
+
+
 class RunTimedOut(TimeoutError):
     """`run(timeout=...)` gave up waiting; the run is unfinished (a later `run` resumes
     it) and `outcome` holds its rows as they stood."""
@@ -615,13 +631,17 @@ class EmbeddedEngine:
         otherwise it would dispatch tasks the pipeline no longer has."""
         if run.get("plan_id") == self.pipeline.plan_id():
             return
-        planned = {t["task_key"] for t in tasks if t["run_id"] == run["run_id"]}
-        declared = set(self.pipeline.tasks)
-        only_run, only_file = sorted(planned - declared), sorted(declared - planned)
+        planned = {t["task_key"]: t for t in tasks if t["run_id"] == run["run_id"]}
+        declared = {entry["task_key"]: entry for entry in self.pipeline.plan()}
+        only_run, only_file = sorted(planned.keys() - declared), sorted(declared.keys() - planned)
         if only_run or only_file:
             what = f"tasks only in the run: {', '.join(only_run) or '-'}; only in the file: {', '.join(only_file) or '-'}"
         else:
-            what = "the same tasks with other dependencies or max_attempts"
+            changed = [f"{key}: {diff}" for key in sorted(declared) if (diff := _plan_diff(planned[key], declared[key]))]
+            what = "; ".join(changed) or (
+                "the same tasks and settings under another plan id: dependencies moved between tasks, "
+                "or the run was planned by an earlier servo version"
+            )
         raise ServoError(
             f"unfinished run {run['run_id']} of pipeline {self.pipeline.name!r} was planned from another version "
             f"of it ({what}); cancel it (`servo runs cancel {run['run_id']}`) or restore that version to finish it, "

@@ -136,6 +136,45 @@ def test_an_unfinished_run_planned_from_another_version_is_not_resumed_blindly(t
     assert separate.state == "SUCCEEDED" and not separate.resumed
 
 
+def test_a_run_is_not_resumed_under_changed_task_settings_and_the_error_names_them(tmp_path: Path) -> None:
+    """The plan is every PlanCreated field: an unfinished run planned with other
+    timeouts, queues or assets would otherwise go on under the old values while the
+    file says otherwise. The refusal names each task and setting that changed."""
+    from servo._errors import ServoError
+
+    home = Home.open(tmp_path / "home")
+    old = Pipeline("tuned")
+
+    @old.task()
+    def slow() -> None:
+        import time
+
+        time.sleep(5)
+
+    @old.task(depends_on=[slow], asset_key="sales")
+    def after() -> None: ...
+
+    with pytest.raises(TimeoutError):
+        EmbeddedEngine(home, old, poll_seconds=0.01).run(timeout=0.5)
+
+    new = Pipeline("tuned")
+
+    @new.task(name="slow", heartbeat_timeout_sec=60, max_attempts=2)
+    def quick() -> None: ...
+
+    @new.task(name="after", depends_on=["slow"], asset_key="sales", partition_key="2026-12-01", worker_queue="gpu")
+    def after_again() -> None: ...
+
+    with pytest.raises(ServoError) as refused:
+        EmbeddedEngine(home, new, poll_seconds=0.01).run(timeout=30)
+    message = str(refused.value)
+    assert "planned from another version" in message
+    assert "slow: heartbeat_timeout_sec 300 -> 60, max_attempts 1 -> 2" in message
+    assert "after: partition_key None -> '2026-12-01', worker_queue 'default' -> 'gpu'" in message
+    same = EmbeddedEngine(home, old, poll_seconds=0.01)  # the old file still resumes it
+    assert same.pipeline.plan_id() != new.plan_id()
+
+
 def test_a_run_past_its_sla_is_cancelled_when_asked(tmp_path: Path) -> None:
     import time
 
