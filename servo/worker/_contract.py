@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from hashlib import sha256
+from pathlib import Path
 from typing import Any, Concatenate, Final, ParamSpec, Protocol
 
 from servo._errors import ServoError, StaleAttempt
@@ -113,10 +115,16 @@ def utf8_safe(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_SERVO_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
+
+
 def describe_error(exc: BaseException) -> str:
-    """`error_text` plus where the exception was raised (its last traceback frame): the
-    error_message a failed attempt reports."""
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    """`error_text` plus where the exception was raised: the error_message a failed
+    attempt reports. That is the last traceback frame outside servo itself, so a
+    misuse of servo's API (`ctx.heartbeat("half")`) names the task's line."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    theirs = [f for f in frames if not str(Path(f.filename).resolve()).startswith(_SERVO_DIR)]
+    last = (theirs or frames)[-1:]
     return utf8_safe(error_text(exc) + (f" (at {last[0].filename}:{last[0].lineno})" if last else ""))
 
 class CallbackRejected(ServoError):

@@ -458,6 +458,7 @@ def test_heartbeat_progress_is_a_percentage_and_a_bad_one_is_the_tasks_error(
     states = {t["task_key"]: (t["state"], t["error_message"] or "") for t in outcome.tasks}
     assert states["fractional"] == ("SUCCEEDED", "")
     assert states["wrong"][0] == "FAILED" and states["wrong"][1].startswith("TypeError: ctx.heartbeat(progress_pct)")
+    assert f"(at {__file__}:" in states["wrong"][1]  # the task's line that called it, not servo's
     ledger = Ledger(home.store)
     beats = [
         json.loads(ledger.read(i)) for i in ledger.list_event_ids().event_ids
