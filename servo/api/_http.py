@@ -5,7 +5,7 @@
     POST /v1/callbacks/finished     + progress_pct? (heartbeat) / outcome, error_message? (finished)
                                    Authorization: Bearer <the delivery's per-attempt token>
     GET  /healthz                  liveness + the projection's manifest seq and watermark
-    GET  /v1/runs                  every run row of the published projection
+    GET  /v1/runs?state=S&limit=N  the run rows of the published projection, newest first
     GET  /v1/runs/{run_id}         one run and its task rows
     GET  /metrics                  Prometheus text (prometheus_client's default registry)
 
@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,6 +75,7 @@ _ERROR_CODES: Mapping[type[CallbackRejected], str] = {
     CallbackRejected: "callback_rejected",
 }
 _Id = Annotated[str, Field(min_length=1, max_length=256)]
+RunState = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 Auth = Annotated[str | None, Header(description="Bearer <the per-attempt token of the delivery>")]
 
 
@@ -332,10 +333,13 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
         }
 
     @app.get("/v1/runs")
-    def list_runs() -> dict[str, Any]:
-        """Every run of the published projection, newest first."""
-        runs = projection.refresh().tables["runs"]
-        return {"runs": sorted(runs, key=lambda r: str(r["created_at"]), reverse=True)}
+    def list_runs(
+        state: Annotated[list[RunState] | None, Query(description="Only runs in these states.")] = None,
+        limit: Annotated[int | None, Query(ge=1, description="Only the newest N runs.")] = None,
+    ) -> dict[str, Any]:
+        """The runs of the published projection, newest first."""
+        runs = sorted(projection.refresh().tables["runs"], key=lambda r: (str(r["created_at"]), str(r["run_id"])), reverse=True)
+        return {"runs": [r for r in runs if not state or r["state"] in state][:limit]}
 
     @app.get("/v1/runs/{run_id}", response_model=None)
     def show_run(run_id: str) -> dict[str, Any] | JSONResponse:

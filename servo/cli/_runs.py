@@ -23,6 +23,7 @@ runs_app = typer.Typer(help="List, inspect and cancel runs (reads the published 
 HomeOption = Annotated[Path, typer.Option("--home", help="The Servo home directory.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+RUN_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")  # SPEC §5 runs.state
 
 
 def _snapshot(home: Path) -> dict[str, list[dict[str, Any]]]:
@@ -40,13 +41,26 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @runs_app.command("list")
-def list_runs(home: HomeOption = Path(".servo"), as_json: JsonOption = False) -> None:
-    """Every run with its state and task counts."""
+def list_runs(
+    home: HomeOption = Path(".servo"),
+    as_json: JsonOption = False,
+    states: Annotated[
+        list[str] | None, typer.Option("--state", help="Only runs in this state (repeatable): " + ", ".join(RUN_STATES) + ".")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the newest N runs.")] = None,
+) -> None:
+    """Every run (newest first) with its state and task counts."""
+    wanted = {s.upper() for s in states or ()}
+    if wanted - set(RUN_STATES):
+        raise _fail(f"--state must be one of {', '.join(RUN_STATES)} (got {', '.join(sorted(wanted - set(RUN_STATES)))})")
+    if limit is not None and limit < 1:
+        raise _fail(f"--limit must be at least 1 (got {limit})")
     try:
         runs = _snapshot(home)["runs"]
     except ServoError as exc:
         raise _fail(str(exc)) from None
     runs.sort(key=lambda r: (str(r["created_at"]), str(r["run_id"])), reverse=True)  # newest first
+    runs = [r for r in runs if not wanted or r["state"] in wanted][:limit]
     if as_json:
         sys.stdout.write(json.dumps(runs, indent=2) + "\n")
         return

@@ -51,6 +51,25 @@ def test_list_and_show_read_the_published_projection(tmp_path: Path, spec: Spec,
     assert "FAILED" in human.stdout
 
 
+def test_list_filters_by_state_and_keeps_the_newest_n(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    home = str(seeded_home(tmp_path, spec, rules, catalog))
+
+    def listed(*options: str) -> list[str]:
+        result = runner.invoke(app, ["runs", "list", "--home", home, "--json", *options])
+        assert result.exit_code == 0, result.output
+        return [r["run_id"] for r in json.loads(result.stdout)]
+
+    assert listed("--state", "failed") == ["run_nightly"]
+    assert listed("--state", "RUNNING", "--state", "FAILED") == ["run_open", "run_nightly"]
+    assert listed("--state", "SUCCEEDED") == []
+    assert listed("--limit", "1") == ["run_open"]  # the newest
+    assert listed("--state", "FAILED", "--limit", "5") == ["run_nightly"]
+    for bad, says in ((["--state", "DONE"], "--state must be one of"), (["--limit", "0"], "--limit must be at least 1")):
+        result = runner.invoke(app, ["runs", "list", "--home", home, *bad])
+        assert result.exit_code == 2 and says in result.output, result.output
+        assert "Traceback" not in result.output
+
+
 def test_cancel_cancels_every_open_task(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
     home = seeded_home(tmp_path, spec, rules, catalog)
     result = runner.invoke(app, ["runs", "cancel", "run_open", "--home", str(home), "--json"])

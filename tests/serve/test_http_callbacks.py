@@ -150,6 +150,11 @@ def test_health_runs_and_metrics_read_endpoints(api: httpx.Client, stage: Stage)
     assert health.status_code == 200 and health.json()["ok"] is True
     runs = api.get("/v1/runs").json()["runs"]
     assert [(r["run_id"], r["state"]) for r in runs] == [("run_1", "RUNNING")]
+    assert api.get("/v1/runs", params={"state": ["RUNNING", "FAILED"], "limit": 1}).json()["runs"] == runs
+    assert api.get("/v1/runs", params={"state": "SUCCEEDED"}).json()["runs"] == []
+    for bad in ({"state": "DONE"}, {"limit": 0}, {"limit": "many"}):
+        refused = api.get("/v1/runs", params=bad)
+        assert refused.status_code == 422 and refused.json()["error"] == "invalid_request", (bad, refused.text)
     shown = api.get("/v1/runs/run_1").json()
     assert {t["task_key"]: t["state"] for t in shown["tasks"]} == {"a": "READY", "b": "BLOCKED"}
     missing = api.get("/v1/runs/run_nope")
