@@ -232,7 +232,7 @@ class Pipeline:
         except BaseException as exc:  # not an Exception: it must not escape the worker
             try:
                 shown = repr(exc)
-            except Exception:
+            except BaseException:  # the task's own __repr__, whatever it raises
                 shown = type(exc).__name__
             raise TaskExited(f"the task raised {shown}").with_traceback(exc.__traceback__) from None
 

@@ -99,11 +99,12 @@ def progress_percent(progress_pct: object) -> int | None:
 
 def error_text(exc: BaseException) -> str:
     """`Type: message` of a task's exception, safe for any exception: one whose
-    `str()` raises falls back to its repr, then to its type alone."""
+    `str()` raises (anything, `KeyboardInterrupt` and `SystemExit` included) falls
+    back to its repr, then to its type alone."""
     for render in (str, repr):
         try:
             text = render(exc)
-        except Exception:
+        except BaseException:  # the task's own __str__ / __repr__
             continue
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return f"{type(exc).__name__}: <unprintable>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -285,7 +285,6 @@ def test_an_attempt_that_ends_before_its_submit_returns_is_not_left_running(
     driver stored its future under the queue task's name, so the name stayed 'running'
     and the driver waited for it. Here every attempt may end inside `submit`."""
     import threading
-    from collections.abc import Callable
     from concurrent.futures import Future
 
     import servo.engine._driver as driver
@@ -538,10 +537,37 @@ def test_an_exception_that_cannot_be_printed_still_fails_its_attempt_once(tmp_pa
         runs.append(1)
         raise Unprintable()
 
+    class Interrupting(Exception):  # str() raises a BaseException (hung the attempt)
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    class Exiting(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no str")
+
+        def __repr__(self) -> str:
+            raise SystemExit(4)
+
+    class ExitingBase(BaseException):  # a BaseException that cannot be shown at all
+        def __repr__(self) -> str:
+            raise SystemExit(5)
+
+    def raising(kind: type[BaseException]) -> Callable[[], None]:
+        def task() -> None:
+            raise kind()
+
+        return task
+
+    for name, kind in (("interrupting", Interrupting), ("exiting", Exiting), ("exiting_base", ExitingBase)):
+        pipeline.task(raising(kind), name=name)
+
     states = run(tmp_path, pipeline)
     assert states["weird"][0] == "FAILED" and states["weird"][1] == 1
     assert (states["weird"][2] or "").startswith("Unprintable")
     assert len(runs) == 1
+    for name, shown in (("interrupting", "Interrupting: Interrupting()"), ("exiting", "Exiting"), ("exiting_base", "ExitingBase")):
+        assert states[name][:2] == ("FAILED", 1), (name, states[name])
+        assert shown in (states[name][2] or ""), (name, states[name])
 
 
 def test_an_error_text_with_a_lone_surrogate_fails_its_attempt_once(tmp_path: Path) -> None:
