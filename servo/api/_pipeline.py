@@ -57,6 +57,10 @@ class TaskContext(Protocol):
         ...
 
 
+MAX_SECONDS = 10**9
+"""The longest duration a pipeline may declare (about 31 years): a timer set that far
+ahead still names a date, and a count this large still fits the ledger's integers."""
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -68,8 +72,8 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         for what, value, least in (("base_sec", self.base_sec, 0.0), ("factor", self.factor, 1.0), ("cap_sec", self.cap_sec, 0.0)):
-            if not is_finite_number(value) or value < least:
-                raise PipelineError(f"RetryPolicy: {what} must be a finite number >= {least:g}, not {value!r}")
+            if not is_finite_number(value) or not least <= value <= MAX_SECONDS:
+                raise PipelineError(f"RetryPolicy: {what} must be a number from {least:g} to {MAX_SECONDS:g}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,8 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         _check_key("pipeline name", self.name)
-        if self.sla_sec is not None and not (0 < self.sla_sec < float("inf")):
-            raise PipelineError(f"pipeline {self.name!r}: sla_sec must be a positive number of seconds")
+        if self.sla_sec is not None and not (is_finite_number(self.sla_sec) and 0 < self.sla_sec <= MAX_SECONDS):
+            raise PipelineError(f"pipeline {self.name!r}: sla_sec must be a positive number of seconds, at most {MAX_SECONDS:g}")
         if self.on_sla_miss not in ("alert", "cancel"):
             raise PipelineError(f"pipeline {self.name!r}: on_sla_miss must be 'alert' or 'cancel'")
 
@@ -164,8 +168,8 @@ class Pipeline:
             if key in self.tasks:
                 raise PipelineError(f"pipeline {self.name!r}: task {key!r} is declared twice")
             for what, value in (("max_attempts", max_attempts), ("heartbeat_timeout_sec", heartbeat_timeout_sec)):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise PipelineError(f"task {key!r}: {what} must be an integer >= 1, not {value!r}")
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SECONDS:
+                    raise PipelineError(f"task {key!r}: {what} must be an integer from 1 to {MAX_SECONDS}, not {value!r}")
             for what, label in (("asset_key", asset_key), ("partition_key", partition_key)):
                 if label is not None and (not isinstance(label, str) or not label):
                     raise PipelineError(f"task {key!r}: {what} must be a non-empty string, not {label!r}")

@@ -255,6 +255,8 @@ def test_bad_sla_settings_are_refused() -> None:
         Pipeline("bad", sla_sec=0)
     with pytest.raises(PipelineError, match="on_sla_miss"):
         Pipeline("bad", sla_sec=5, on_sla_miss="panic")
+    with pytest.raises(PipelineError, match="sla_sec"):  # past any date a timer can name
+        Pipeline("bad", sla_sec=1e300)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +265,9 @@ def test_bad_sla_settings_are_refused() -> None:
         ("max_attempts", 2.0),
         ("max_attempts", True),
         ("max_attempts", 0),
+        ("max_attempts", 2**70),  # past what the ledger's integers hold
         ("heartbeat_timeout_sec", 1.5),
+        ("heartbeat_timeout_sec", 2**63),  # past any date a timer can name
         ("heartbeat_timeout_sec", "60"),
         ("worker_queue", 5),
         ("worker_queue", "a/b"),
@@ -407,7 +411,16 @@ def test_a_retry_due_while_its_loop_runs_fires_on_the_next_loop_not_a_second_lat
 
 
 @pytest.mark.parametrize(
-    "options", [{"base_sec": -1}, {"factor": 0.5}, {"cap_sec": float("inf")}, {"base_sec": float("nan")}, {"factor": "2"}]
+    "options",
+    [
+        {"base_sec": -1},
+        {"factor": 0.5},
+        {"cap_sec": float("inf")},
+        {"base_sec": float("nan")},
+        {"factor": "2"},
+        {"base_sec": 1e300, "cap_sec": 1e300},  # past any date a timer can name
+        {"cap_sec": 1e10},
+    ],
 )
 def test_bad_retry_policies_are_refused(options: dict[str, object]) -> None:
     with pytest.raises(PipelineError, match="RetryPolicy"):
