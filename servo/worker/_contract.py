@@ -86,13 +86,15 @@ def dispatch_target(pipeline: str | None) -> str:
 
 def progress_percent(progress_pct: object) -> int | None:
     """`ctx.heartbeat`'s argument as the whole percentage a TaskHeartbeat carries:
-    rounded and held to 0-100; None stays None. Anything but a finite number is the
-    task's error (TypeError / ValueError), raised in the task, never sent."""
+    rounded and held to 0-100 (infinities too); None stays None. A non-number is the
+    task's TypeError, NaN its ValueError, raised in the task, never sent."""
     if progress_pct is None:
         return None
     if isinstance(progress_pct, bool) or not isinstance(progress_pct, int | float):
         raise TypeError(f"ctx.heartbeat(progress_pct): expected a number from 0 to 100, not {progress_pct!r}")
-    if not math.isfinite(progress_pct):
+    if math.isinf(progress_pct):
+        return 100 if progress_pct > 0 else 0
+    if math.isnan(progress_pct):
         raise ValueError(f"ctx.heartbeat(progress_pct): expected a number from 0 to 100, not {progress_pct!r}")
     return min(100, max(0, round(progress_pct)))
 

@@ -459,6 +459,12 @@ def test_heartbeat_progress_is_a_percentage_and_a_bad_one_is_the_tasks_error(
         ctx.heartbeat(55.5)
         ctx.heartbeat(150)
         ctx.heartbeat(-3)
+        ctx.heartbeat(float("inf"))  # a number too: held to 100 (and -inf to 0)
+        ctx.heartbeat(float("-inf"))
+
+    @pipeline.task()
+    def not_a_number(ctx: TaskContext) -> None:
+        ctx.heartbeat(float("nan"))
 
     @pipeline.task()
     def wrong(ctx: TaskContext) -> None:
@@ -475,7 +481,8 @@ def test_heartbeat_progress_is_a_percentage_and_a_bad_one_is_the_tasks_error(
     beats = [
         json.loads(ledger.read(i)) for i in ledger.list_event_ids().event_ids
     ]
-    assert sorted(e["data"]["progress_pct"] for e in beats if e["event_type"] == "TaskHeartbeat") == [0, 56, 100]
+    assert sorted(e["data"]["progress_pct"] for e in beats if e["event_type"] == "TaskHeartbeat") == [0, 0, 56, 100, 100]
+    assert states["not_a_number"][0] == "FAILED" and states["not_a_number"][1].startswith("ValueError: ctx.heartbeat")
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
 
 
