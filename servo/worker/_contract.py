@@ -99,6 +99,21 @@ def progress_percent(progress_pct: object) -> int | None:
     return min(100, max(0, round(progress_pct)))
 
 
+ERROR_MESSAGE_LIMIT = 4000
+"""The most characters of a task's error a TaskFinished carries (and a log line shows)."""
+
+
+def clip(text: str, limit: int = ERROR_MESSAGE_LIMIT) -> str:
+    """`text` in at most `limit` characters: its start, a marker saying how much was
+    cut, and its end (where an error says which line raised it)."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    marker = f" [... {len(text)} characters cut ...] "  # an upper bound on the count's digits
+    head = max(0, limit - tail - len(marker))
+    return f"{text[:head]} [... {len(text) - head - tail} characters cut ...] {text[len(text) - tail:]}"
+
+
 def error_text(exc: BaseException) -> str:
     """`Type: message` of a task's exception, safe for any exception: one whose
     `str()` raises (anything, `KeyboardInterrupt` and `SystemExit` included) falls
@@ -108,7 +123,8 @@ def error_text(exc: BaseException) -> str:
             text = render(exc)
         except BaseException:  # the task's own __str__ / __repr__
             continue
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        # Room left for describe_error's "(at file:line)" within ERROR_MESSAGE_LIMIT.
+        return clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, ERROR_MESSAGE_LIMIT - 300)
     return f"{type(exc).__name__}: <unprintable>"
 
 
@@ -321,7 +337,7 @@ class CallbackService:
         data = self._fact(d, worker_id)
         data["outcome"] = outcome
         if error_message:
-            data["error_message"] = utf8_safe(error_message)[:4000]
+            data["error_message"] = clip(utf8_safe(error_message))
         # An asset task's finish names its partition (from the plan: SPEC §7 folds
         # partition status from these), and a success names its materialization.
         if task.asset_key is not None:

@@ -590,6 +590,28 @@ def test_an_exception_that_cannot_be_printed_still_fails_its_attempt_once(tmp_pa
         assert shown in (states[name][2] or ""), (name, states[name])
 
 
+def test_a_huge_error_is_cut_visibly_keeping_where_it_was_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A task's error text is kept to 4,000 characters in the ledger: its start, a
+    marker saying how much was cut, and its end, which names the task's line. The log
+    line is cut the same way instead of carrying megabytes."""
+    import logging
+
+    pipeline = Pipeline("loud")
+
+    @pipeline.task()
+    def shouts() -> None:
+        raise ValueError("begin " + "x" * 1_000_000 + " end")
+
+    caplog.set_level(logging.WARNING, logger="servo")
+    message = run(tmp_path, pipeline)["shouts"][2] or ""
+    assert len(message) <= 4000
+    assert message.startswith("ValueError: begin xxx")
+    assert "characters cut" in message
+    assert message.endswith(")") and f"end (at {__file__}:" in message
+    logged = [r.getMessage() for r in caplog.records if "shouts" in r.getMessage()]
+    assert logged and all(len(line) < 5000 for line in logged)
+
+
 def test_an_error_text_with_a_lone_surrogate_fails_its_attempt_once(tmp_path: Path) -> None:
     """`os.fsdecode` of a non-UTF-8 file name yields lone surrogates; an exception naming
     such a file could not be written to the ledger, so the attempt never ended and the
