@@ -100,11 +100,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, default=str, ensure_ascii=False)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+_CONTROL_BUT_NEWLINES = {c: text for c, text in _CONTROL.items() if c != 0x0A}
+
+
 class HumanFormatter(logging.Formatter):
-    """`time LEVEL logger: message [key=value ...]` for people at a terminal."""
+    """`time LEVEL logger: message [key=value ...]` for people at a terminal.
+
+    A message is one line: its control characters (a task's error text may hold
+    newlines or terminal escape codes) are escaped, so it cannot forge another line
+    or drive the terminal. A traceback keeps its line breaks, nothing else.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
+        """The line, its message escaped (on a copy: other handlers see the record as is)."""
+        shown = logging.makeLogRecord(record.__dict__)
+        shown.message = record.message.translate(_CONTROL)
+        return super().formatMessage(shown)
+
+    def formatException(self, ei: Any) -> str:  # logging's name
+        """The traceback, its lines kept and any other control character escaped."""
+        return super().formatException(ei).translate(_CONTROL_BUT_NEWLINES)
 
     def format(self, record: logging.LogRecord) -> str:
         """The record with its ids appended."""

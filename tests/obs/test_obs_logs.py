@@ -70,6 +70,29 @@ def test_json_formatter_merges_context_extras_and_exceptions() -> None:
     assert "run_id" not in second
 
 
+def test_human_lines_escape_control_characters_so_a_message_cannot_forge_lines() -> None:
+    """A task's error text goes into log messages: a newline in it must not start what
+    looks like another servo line, nor an escape code clear the terminal. A traceback
+    keeps its own line breaks."""
+    stream = io.StringIO()
+    handler = configure_logging("human", "DEBUG", stream=stream)
+    log = logging.getLogger("servo.test")
+    try:
+        log.warning("task failed: %s", "boom\n12:00:00 INFO servo: all good\x1b[2J\r\x07")
+        try:
+            raise ValueError("bad\x1b[31m")
+        except ValueError:
+            log.exception("crashed")
+    finally:
+        logging.getLogger("servo").removeHandler(handler)
+    text = stream.getvalue()
+    first = text.splitlines()[0]
+    assert first.endswith("task failed: boom\\n12:00:00 INFO servo: all good\\x1b[2J\\r\\x07")
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "Traceback (most recent call last):\n" in text  # the traceback's own lines stay lines
+    assert "ValueError: bad\\x1b[31m" in text
+
+
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "servo.cli", "run", str(EXAMPLE), "--json", *args],
