@@ -275,6 +275,7 @@ class EmbeddedEngine:
         # Idempotency keys of the intents this engine appended -> (when, warned): an intent
         # the view does not reflect yet is durable, so it is never appended again.
         self._intents: dict[str, _Asked] = {}
+        self._released_at: datetime | None = None  # when leases of dead holders were last freed
 
     # ----------------------------------------------------------------- I/O --
 
@@ -675,6 +676,11 @@ class EmbeddedEngine:
             with obs.observe(obs.RECONCILE_SECONDS, "reconcile"):
                 events = reconcile(view, now, watermark, tenant=tenant, workspace=workspace, config=config)
             self._append_intents(events)
+        if self._leasing is not None and (self._released_at is None or now - self._released_at >= timedelta(seconds=self.repair_seconds)):
+            # At start, then every repair tick: a crashed engine's or `servo worker`'s
+            # attempts are delivered again now, not once their leases run out.
+            self._released_at = now
+            self._leasing.release_dead_leases(now)
         if self.leading and now - self._repaired_at >= timedelta(seconds=self.repair_seconds):  # INV-5
             self._repaired_at = now
             with self._lock:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -79,6 +80,26 @@ CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_at) WHERE state != 'pendi
 """
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PURGE_BATCH: Final = 100  # tombstones dropped per create, so no one call pays for a backlog
+
+
+_HOST: Final = socket.gethostname().replace("/", "_")
+
+
+def _holder_died(token: str) -> bool:
+    """Whether a lease token names a process of this machine that no longer runs."""
+    parts = token.rsplit("/", 2)
+    if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+        return False  # another machine's, or an unnamed holder's: let it run out
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _micros(when: datetime) -> int:
@@ -336,7 +357,7 @@ class SqliteQueue:
                 (now_us, *targets, max_tasks),
             ).fetchall()
             for name, row_target, payload, schedule_at, attempts in rows:
-                token = uuid.uuid4().hex
+                token = f"{_HOST}/{os.getpid()}/{uuid.uuid4().hex}"  # the holder, then a nonce
                 db.execute(
                     "UPDATE tasks SET due_at = ?, attempts = attempts + 1, lease_token = ?"
                     " WHERE name = ?",
@@ -347,6 +368,30 @@ class SqliteQueue:
                 )
                 leases.append(Lease(task, token, expires_at))
         return leases
+
+    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "release"), "queue")
+    def release_dead_leases(self, now: datetime) -> int:
+        """Make the tasks leased by processes of this machine that have died due at
+        `now` (their leases end early); return how many. A lease names its holder
+        (host and pid): a live holder's, another machine's, or one from before holders
+        were named, runs its course."""
+        now_us = _micros(require_aware(now, "now"))
+        with self._connection() as db:
+            held = db.execute(
+                "SELECT name, lease_token FROM tasks WHERE state = 'pending' AND lease_token IS NOT NULL AND due_at > ?",
+                (now_us,),
+            ).fetchall()
+        dead = [(name, token) for name, token in held if _holder_died(token)]
+        if not dead:
+            return 0
+        with self._transaction() as db:
+            return sum(
+                db.execute(
+                    "UPDATE tasks SET due_at = ?, lease_token = NULL WHERE name = ? AND lease_token = ? AND state = 'pending'",
+                    (now_us, name, token),
+                ).rowcount
+                for name, token in dead
+            )
 
     @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "extend"), "queue")
     def extend(self, lease: Lease, now: datetime, lease_seconds: float) -> Lease | None:

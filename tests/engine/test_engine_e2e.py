@@ -208,6 +208,34 @@ def test_a_run_past_its_timeout_exits_3_and_with_json_still_prints_where_it_stan
     assert body["run"]["run_id"] in plain.stderr  # the same run, resumed, then given up again
 
 
+HEARTBEATING = ROOT / "tests" / "data" / "pipelines" / "heartbeating.py"
+
+
+def test_an_engine_killed_mid_task_resumes_before_a_short_heartbeat_timeout(tmp_path: Path) -> None:
+    """kill -9 `servo run` while a task with a 3 s heartbeat timeout runs, and start it
+    again at once: the dead process's lease is freed as the new one starts, so the same
+    attempt runs again before its heartbeat check fires, and the run succeeds as it
+    would have without the crash (before, it waited ~5 s for the lease and the attempt
+    timed out, failing a run with max_attempts=1)."""
+    home, mark = tmp_path / ".servo", tmp_path / "started"
+    command = [sys.executable, "-m", "servo.cli", "run", str(HEARTBEATING), "--home", str(home), "--json"]
+    env = {**os.environ, "SERVO_TEST_MARK": str(mark)}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few heartbeats in
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)  # reaped: the lease's holder is gone
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["resumed"] is True and body["run"]["state"] == "SUCCEEDED"
+    assert {t["task_key"]: (t["state"], t["attempt"]) for t in body["tasks"]} == {"work": ("SUCCEEDED", 1), "after": ("SUCCEEDED", 1)}
+    started = mark.read_text().split()
+    assert len(started) == 2 and len(set(started)) == 1  # the same attempt, run again after the crash
+
+
 def test_a_pipeline_imports_modules_beside_it_and_prints_without_breaking_json(tmp_path: Path) -> None:
     """Like `python FILE.py`, the file's own directory is importable; with `--json`,
     stdout carries only the JSON document (what tasks print goes to stderr)."""

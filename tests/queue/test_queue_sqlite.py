@@ -95,6 +95,36 @@ def test_a_process_killed_between_lease_and_ack_has_its_task_redelivered(tmp_pat
         assert (lease.task.name, lease.task.dispatch_count) == ("t_killed", 2)
 
 
+def test_leases_of_a_dead_process_on_this_host_are_freed_at_once(tmp_path: Path) -> None:
+    """`release_dead_leases` (run by an engine as it starts, then every few seconds)
+    frees the leases a process on this machine held when it died, instead of leaving
+    its tasks until their leases run out (an attempt with a short heartbeat timeout
+    would time out meanwhile); a live holder's leases stay."""
+    path = tmp_path / "queue.db"
+    with SqliteQueue(path) as queue:
+        queue.create_task("t_dead", "target", b"work", T0)
+        queue.create_task("t_live", "target", b"work", T0)
+    code = (
+        "import os, sys\n"
+        "from datetime import datetime, UTC\n"
+        "from servo.queue import SqliteQueue\n"
+        "queue = SqliteQueue(sys.argv[1])\n"
+        "leases = queue.lease(datetime(2030, 1, 1, tzinfo=UTC), lease_seconds=60)\n"
+        "print(len(leases), flush=True)\n"
+        "os._exit(9)  # die holding the lease\n"
+    )
+    assert run_python(code, str(path)).stdout.strip() == "1"
+    with SqliteQueue(path) as queue:
+        (mine,) = queue.lease(T0, lease_seconds=60)  # held by this live process
+        assert mine.task.name == "t_live"
+        assert queue.lease(T0 + timedelta(seconds=1)) == []
+        assert queue.release_dead_leases(T0 + timedelta(seconds=1)) == 1
+        (again,) = queue.lease(T0 + timedelta(seconds=1))
+        assert (again.task.name, again.task.dispatch_count) == ("t_dead", 2)
+        assert queue.release_dead_leases(T0 + timedelta(seconds=1)) == 0  # both holders alive
+        assert queue.ack(mine) is True and queue.ack(again) is True
+
+
 def test_concurrent_creates_of_one_name_from_processes_create_exactly_one(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
     SqliteQueue(path).close()  # create the schema once, as a deployment would
