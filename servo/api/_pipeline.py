@@ -16,6 +16,7 @@ A task fails by raising; it may call `ctx.heartbeat()` during long work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
@@ -160,11 +161,7 @@ class Pipeline:
             if not isinstance(key, str) or key == "<lambda>":
                 raise PipelineError(f"{func!r} has no usable name: pass name=... to pipeline.task")
             _check_key("task name", key)
-            if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
-                raise PipelineError(
-                    f"task {key!r} is a generator function: calling it makes a generator and its body "
-                    "would never run; make it return instead of yield"
-                )
+            _check_callable(key, func)
             if key in self.tasks:
                 raise PipelineError(f"pipeline {self.name!r}: task {key!r} is declared twice")
             for what, value in (("max_attempts", max_attempts), ("heartbeat_timeout_sec", heartbeat_timeout_sec)):
@@ -192,7 +189,9 @@ class Pipeline:
                 partition_key=partition_key,
                 worker_queue=worker_queue,
             )
-            func.__servo_task__ = key  # type: ignore[attr-defined]
+            # Lets `depends_on=[func]` name it; a builtin takes no attributes (name it then).
+            with contextlib.suppress(AttributeError, TypeError):
+                func.__servo_task__ = key  # type: ignore[attr-defined]
             return func
 
         if fn is not None:
@@ -224,7 +223,10 @@ class Pipeline:
         try:
             result = fn(ctx) if params else fn()
             if inspect.isgenerator(result) or inspect.isasyncgen(result):
-                raise TypeError(f"task {key!r} returned a generator, so its body never ran; make it return instead of yield")
+                raise TypeError(
+                    f"task {key!r} returned a generator, which servo does not iterate: its work would "
+                    "not be done; return nothing (or a value) instead"
+                )
             if inspect.isawaitable(result):
                 asyncio.run(_awaited(result))
         except SystemExit as exc:
@@ -243,6 +245,27 @@ class Pipeline:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _check_callable(key: str, func: Callable[..., Any]) -> None:
+    """A task is called with nothing or with its context: refuse one that needs more
+    (it would fail every attempt), or that only makes a generator."""
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise PipelineError(
+            f"task {key!r} is a generator function: calling it makes a generator and its body "
+            "would never run; make it return instead of yield"
+        )
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: taken as it is
+        return
+    required = [
+        p for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if len(required) > 1 or any(p.kind is p.KEYWORD_ONLY for p in required):
+        names = ", ".join(p.name for p in required)
+        raise PipelineError(f"task {key!r} takes nothing or the context (ctx), not ({names})")
 
 
 def _task_name(fn: Callable[..., Any]) -> str:

@@ -83,6 +83,29 @@ def test_a_generator_task_is_refused_since_its_body_would_never_run() -> None:
     assert pipeline.tasks == {}
 
 
+def test_a_task_that_needs_more_than_ctx_is_refused_at_declaration() -> None:
+    """A task is called with nothing or with its context: one that needs more
+    arguments would fail every attempt, so it is refused when declared."""
+    pipeline = Pipeline("sigs")
+
+    def two(ctx: TaskContext, other: int) -> None: ...
+
+    def keyword_only(*, limit: int) -> None: ...
+
+    for fn in (two, keyword_only):
+        with pytest.raises(PipelineError, match=f"task {fn.__name__!r}.*takes nothing or the context"):
+            pipeline.task(fn)
+
+    def optional(ctx: TaskContext, other: int = 1, *rest: int, **named: int) -> None: ...
+
+    def bare() -> None: ...
+
+    pipeline.task(optional)
+    pipeline.task(bare)
+    pipeline.task(print, name="printer")  # a builtin: its signature is not checked
+    assert list(pipeline.tasks) == ["optional", "bare", "printer"]
+
+
 def test_a_task_that_returns_a_generator_fails_its_attempt(tmp_path: Path) -> None:
     pipeline = Pipeline("returns_gen")
     ran: list[int] = []
@@ -94,7 +117,8 @@ def test_a_task_that_returns_a_generator_fails_its_attempt(tmp_path: Path) -> No
     pipeline.task(lambda: body(), name="lazy")
     states = run(tmp_path, pipeline)
     assert states["lazy"][:2] == ("FAILED", 1)
-    assert "generator" in (states["lazy"][2] or "") and ran == []
+    assert "returned a generator" in (states["lazy"][2] or "") and ran == []
+    assert "never ran" not in (states["lazy"][2] or "")  # its own body did run
 
 
 def test_a_pipeline_without_tasks_is_refused_before_anything_starts(tmp_path: Path) -> None:
