@@ -157,7 +157,7 @@ class Pipeline:
         """Register a function as a task (usable as `@pipeline.task` or `@pipeline.task(...)`)."""
 
         def register(func: F) -> F:
-            key = name or getattr(func, "__name__", None)
+            key = name if name is not None else getattr(func, "__name__", None)
             if not isinstance(key, str) or key == "<lambda>":
                 raise PipelineError(f"{func!r} has no usable name: pass name=... to pipeline.task")
             _check_key("task name", key)
@@ -277,4 +277,4 @@ def _task_name(fn: Callable[..., Any]) -> str:
 
 def _check_key(what: str, value: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 128 or not set(value) <= _KEY_CHARS or value in (".", ".."):
-        raise PipelineError(f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'")
+        raise PipelineError(f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-' (not '.' or '..')")

@@ -53,9 +53,11 @@ def _stdout_to_stderr() -> Iterator[None]:
             os.dup2(saved, 1)
             os.close(saved)
 
-def _load_pipeline(path: Path, name: str | None) -> Any:
+def _load_pipeline(path: Path, name: str | None, option: str = "--pipeline") -> Any:
     from servo.api import Pipeline
 
+    if path.is_dir():
+        raise ServoError(f"{path} is a directory, not a Python file that declares a Pipeline")
     if not path.is_file():
         raise ServoError(f"{path}: no such file")
     beside = str(path.resolve().parent)  # like `python FILE.py`: its directory is importable
@@ -72,8 +74,10 @@ def _load_pipeline(path: Path, name: str | None) -> Any:
         if name not in found:
             raise ServoError(f"{path}: no pipeline named {name!r} (found: {', '.join(sorted(found)) or 'none'})")
         return found[name]
-    if len(found) != 1:
-        raise ServoError(f"{path}: expected exactly one Pipeline, found {len(found)}; pass --pipeline NAME")
+    if not found:
+        raise ServoError(f"{path} declares no servo.api.Pipeline (at module level)")
+    if len(found) > 1:
+        raise ServoError(f"{path}: declares {len(found)} pipelines ({', '.join(sorted(found))}); pass {option} NAME")
     return next(iter(found.values()))
 
 

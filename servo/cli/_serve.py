@@ -137,7 +137,7 @@ def worker_command(
         raise _fail(f"--lease-seconds must be more than 0 (got {lease_seconds})")
     _configure_logging()  # a failed task, an unreachable server: $SERVO_LOG_FORMAT / $SERVO_LOG_LEVEL
     try:
-        pipeline = _load_pipeline(pipeline_file, pipeline_name)
+        pipeline = _load_pipeline(pipeline_file, pipeline_name, "--name")
         deadline = time.monotonic() + wait_for_server
         h = _await_home(home, deadline)
         worker = HttpWorker(h.queue_path, pipeline, server=server, concurrency=concurrency, lease_seconds=lease_seconds)

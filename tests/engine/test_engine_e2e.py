@@ -72,6 +72,12 @@ def test_example_pipeline_retries_skips_and_reports_failure(tmp_path: Path, spec
 def test_missing_or_bad_pipeline_files_are_clear_errors(tmp_path: Path) -> None:
     missing = servo("run", str(tmp_path / "nope.py"), "--home", str(tmp_path / "h"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+    directory = servo("run", str(tmp_path), "--home", str(tmp_path / "h"))
+    assert directory.returncode == 2 and "is a directory" in directory.stderr
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    none = servo("run", str(empty), "--home", str(tmp_path / "h"))
+    assert none.returncode == 2 and "declares no servo.api.Pipeline" in none.stderr and "--pipeline" not in none.stderr
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('boom')\n")
     result = servo("run", str(broken), "--home", str(tmp_path / "h"))

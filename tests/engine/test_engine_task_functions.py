@@ -684,6 +684,10 @@ def test_a_task_without_a_usable_name_asks_for_one() -> None:
         pipeline.task(lambda: None)
     pipeline.task(functools.partial(print, 1), name="printer")
     assert list(pipeline.tasks) == ["printer"]
+    with pytest.raises(PipelineError, match="task name '' must be"):  # not the function's name instead
+        pipeline.task(lambda: None, name="")
+    with pytest.raises(PipelineError, match=r"'\.\.' .*not '\.' or '\.\.'"):
+        pipeline.task(lambda: None, name="..")
 
 
 def test_an_attempts_facts_sort_in_the_order_they_happened_on_a_fast_disk(
