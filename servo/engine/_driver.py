@@ -58,7 +58,7 @@ from servo.core.events import Catalog, Event
 from servo.core.ids import dispatch_cloud_task_id, dispatch_id, new_ulid, run_id_from_run_key
 from servo.core.rules import default_spec, registry
 from servo.engine import _observe
-from servo.engine._gate import AppendGate, GroupCommit
+from servo.engine._gate import AppendGate
 from servo.engine._home import Home
 from servo.engine._notices import Notices
 from servo.engine._notify import NotifySpool
@@ -148,16 +148,6 @@ class RunTimedOut(TimeoutError):
         self.outcome = outcome
 
 
-@dataclass(frozen=True)
-class _Ended:
-    """An attempt whose function returned or raised: what its `finished` reports."""
-
-    delivery: Delivery
-    worker_id: str
-    outcome: str
-    error_message: str | None
-
-
 @dataclass
 class _TaskContext:
     """What a task function sees (servo.api.TaskContext)."""
@@ -216,8 +206,6 @@ class EmbeddedEngine:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._gate = AppendGate()  # worker facts never straddle a compaction's cut
-        self._facts: GroupCommit[Event] = GroupCommit(self._append)  # worker threads share fsync rounds
-        self._acks: GroupCommit[Lease] = GroupCommit(self._ack_many)  # and queue commits
         self._fact_clock = FactClock()  # an attempt's facts sort in the order they happened
         self.ledger = Ledger(self.store, on_append=self._appended)
         self._traces = _observe.RunTraces(self.ledger)
@@ -401,19 +389,17 @@ class EmbeddedEngine:
             self._intents[event.idempotency_key] = _Asked(now)
 
     def _gated_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
-        """Append a worker fact durably: stamped inside the gate (the cut's rule) and
-        committed together with the facts other worker threads append meanwhile."""
-        with self._gate.append():
-            self._facts.submit(self._fact(event_type, data, traceparent))
+        with self._gate.append():  # the fact's timestamp is taken inside the gate
+            self._append_fact(event_type, data, traceparent)
 
-    def _fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> Event:
-        # Inside the gate, and after the attempt's previous fact.
+    def _append_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
+        # Inside the gate (the cut's rule), and after the attempt's previous fact.
         now = self._fact_clock.at(str(data.get("attempt_id", "")), last=event_type == "TaskFinished")
         emit = Emitter(self.config, self.home.tenant, self.home.workspace, now, f"worker:{self.replica}")
         event = emit.emit(event_type, data)._replace(traceparent=traceparent)
         if event_type == "TaskHeartbeat":  # many per attempt: make each id unique in time
             event = event._replace(event_id=new_ulid(now, event.event_id[-16:].encode()[:10]))
-        return event
+        self._append([event])
 
     def _pick_up_external(self) -> None:
         """Fold what other processes appended (`servo serve`'s worker facts): their ids
@@ -499,8 +485,6 @@ class EmbeddedEngine:
         self.run_id = run_id
         bound = obs.bind(tenant_id=self.home.tenant, run_id=run_id, trace_id=obs.trace_id_of(self._traces.get(run_id)))
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="servo-worker")
-        # Reports wait on fsyncs, not the CPU: enough threads that a group commit gathers them.
-        self._reporters = ThreadPoolExecutor(max_workers=max(16, 4 * self.workers), thread_name_prefix="servo-report")
         finished = False
         ended_at: float | None = None
         try:
@@ -533,7 +517,6 @@ class EmbeddedEngine:
             # do not wait for them; the run is durable, and a later `run` resumes it or
             # refuses their late reports (their leases run out).
             pool.shutdown(wait=finished, cancel_futures=not finished)
-            self._reporters.shutdown(wait=finished, cancel_futures=not finished)
             self._close_io()
             obs.unbind(bound)
         self._refresh()
@@ -786,8 +769,8 @@ class EmbeddedEngine:
             return 404
         if not self._knows(view, body) or not self._runs_here(view, body):
             return 503
-        ended = self._run_attempt(Delivery.from_json(body), f"push:{self.replica}")
-        return 200 if ended is None or self._report(ended) else 503
+        self._attempt(Delivery.from_json(body), f"push:{self.replica}")
+        return 200
 
     def _deliver(self, lease: Lease, view: ProjectionView, watermark: datetime, now: datetime, pool: ThreadPoolExecutor) -> None:
         task = lease.task
@@ -844,83 +827,50 @@ class EmbeddedEngine:
         assert self._leasing is not None
         self._leasing.ack(lease)
 
-    def _ack_many(self, leases: list[Lease]) -> None:
-        assert self._leasing is not None
-        self._leasing.ack_many(leases)
-
     def _nack(self, lease: Lease, retry_at: datetime) -> None:
         assert self._leasing is not None
         self._leasing.nack(lease, retry_at)
 
     def _work(self, lease: Lease) -> None:
-        """Run one leased attempt's function on this worker thread. Its report (the
-        `finished` fact) and the ack go to a reporter thread, so this one takes the next
-        attempt meanwhile, and reports of several attempts share one commit."""
-        reporting = False
+        """Run one leased attempt through the worker contract, then ack."""
         try:
-            ended = self._run_attempt(Delivery.from_json(lease.task.payload), threading.current_thread().name)
-            if ended is None:  # refused at start, or ended while it ran: nothing to report
-                self._acks.submit(lease)
-            else:
-                self._reporters.submit(self._report_and_ack, lease, ended)
-                reporting = True
+            self._attempt(Delivery.from_json(lease.task.payload), threading.current_thread().name)
+            self._ack(lease)
         finally:
-            if not reporting:
-                self._done_with(lease)
+            if self._held is not None:
+                self._held.release(lease.task.name)
+            with self._running_lock:
+                self._running.pop(lease.task.name, None)
+            self._wake.set()
 
-    def _report_and_ack(self, lease: Lease, ended: _Ended) -> None:
-        try:
-            if self._report(ended):
-                self._acks.submit(lease)
-        finally:
-            self._done_with(lease)
-
-    def _done_with(self, lease: Lease) -> None:
-        if self._held is not None:
-            self._held.release(lease.task.name)
-        with self._running_lock:
-            self._running.pop(lease.task.name, None)
-        self._wake.set()
-
-    def _run_attempt(self, delivery: Delivery, worker_id: str) -> _Ended | None:
-        """Start a delivered attempt through the worker contract and run its function;
-        how it ended, or None if there is nothing to report (refused as stale or forged
-        at start, or cancelled or timed out while it ran)."""
+    def _attempt(self, delivery: Delivery, worker_id: str) -> None:
+        """Run one delivered attempt through the worker contract (a stale one: nothing)."""
         scope = ExitStack()  # obs: the worker's span and log ids for this attempt
         delivery = scope.enter_context(_observe.attempt_scope(delivery))
         try:
             try:
                 self.callbacks.started(delivery, worker_id)
             except Exception:
-                return None  # stale or forged: nothing to run
+                return  # stale or forged: nothing to run
             context = _TaskContext(delivery, self.callbacks, worker_id)
             began = time.perf_counter()
             try:
                 self.pipeline.call(delivery.task_key, context)
-            except StaleAttemptRejected as exc:  # ctx.heartbeat() found the attempt ended
-                _observe.attempt_superseded(delivery, exc)
-                return None
+            except StaleAttemptRejected:
+                raise  # ctx.heartbeat() found the attempt ended (cancelled, timed out): see below
             except Exception as exc:
                 _observe.task_finished(delivery, time.perf_counter() - began, exc)
-                return _Ended(delivery, worker_id, "FAILED", describe_error(exc))
-            _observe.task_finished(delivery, time.perf_counter() - began)
-            return _Ended(delivery, worker_id, "SUCCEEDED", None)
+                self.callbacks.finished(delivery, worker_id, "FAILED", describe_error(exc))
+            else:
+                _observe.task_finished(delivery, time.perf_counter() - began)
+                self.callbacks.finished(delivery, worker_id, "SUCCEEDED")
+        except StaleAttemptRejected as exc:  # cancelled or timed out while it ran: done
+            _observe.attempt_superseded(delivery, exc)
+        except Exception as exc:  # logged and counted; the queue redelivers the attempt
+            _observe.worker_failed(delivery, exc)
+            raise
         finally:
             scope.close()
-
-    def _report(self, ended: _Ended) -> bool:
-        """Report how an attempt ended (`finished`); whether its queue task is done (the
-        report is durable, or refused because the attempt had ended meanwhile). False
-        (logged and counted) leaves it to the queue to deliver again."""
-        with _observe.report_scope(ended.delivery):
-            try:
-                self.callbacks.finished(ended.delivery, ended.worker_id, ended.outcome, ended.error_message)
-            except StaleAttemptRejected as exc:  # cancelled or timed out while it ran: done
-                _observe.attempt_superseded(ended.delivery, exc)
-            except Exception as exc:
-                _observe.worker_failed(ended.delivery, exc)
-                return False
-            return True
 
     def _progress(self, view: ProjectionView, run_id: str) -> None:
         if self.on_progress is None:

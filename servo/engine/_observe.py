@@ -146,14 +146,6 @@ def attempt_scope(delivery: Delivery) -> Iterator[Delivery]:
             yield delivery if traceparent is None else replace(delivery, traceparent=traceparent)
 
 
-@contextmanager
-def report_scope(delivery: Delivery) -> Iterator[None]:
-    """The log ids of an attempt while a reporter thread reports how it ended."""
-    ids = {"tenant_id": delivery.tenant, "run_id": delivery.run_id, "task_key": delivery.task_key}
-    with obs.log_context(**ids, attempt=delivery.attempt, attempt_id=delivery.attempt_id):
-        yield
-
-
 def task_finished(delivery: Delivery, seconds: float, error: BaseException | None = None) -> None:
     """Time the attempt; a failure is logged (WARNING, with its type) and counted."""
     if error is None:

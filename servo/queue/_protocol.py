@@ -115,10 +115,6 @@ class LeasingQueue(Protocol):
         """The delivery succeeded: end the task. False if the lease was superseded."""
         ...
 
-    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
-        """``ack`` each lease at once (one commit); a flag per lease, in order."""
-        ...
-
     def nack(self, lease: Lease, retry_at: datetime) -> bool:
         """The delivery failed: make the task due again at ``retry_at``. False if superseded."""
         ...

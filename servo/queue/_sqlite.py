@@ -422,23 +422,6 @@ class SqliteQueue:
             )
             return cursor.rowcount == 1
 
-    @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "ack"), "queue")
-    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
-        """``ack`` each lease, all in one transaction (one commit for a group of workers)."""
-        if not leases:
-            return []
-        now = _micros(require_aware(self._clock(), "clock()"))
-        with self._transaction() as db:
-            return [
-                db.execute(
-                    "UPDATE tasks SET state = 'done', ended_at = ?, payload = x'', lease_token = NULL"
-                    " WHERE name = ? AND lease_token = ? AND state = 'pending'",
-                    (now, lease.task.name, lease.token),
-                ).rowcount
-                == 1
-                for lease in leases
-            ]
-
     @timed(QUEUE_OPERATION_SECONDS.labels("sqlite", "nack"), "queue")
     def nack(self, lease: Lease, retry_at: datetime) -> bool:
         """See ``LeasingQueue.nack``."""

@@ -235,19 +235,6 @@ def test_ack_with_a_superseded_lease_is_refused(tmp_path: Path) -> None:
         assert queue.get_task("t_slow") is None
 
 
-def test_ack_many_ends_each_current_lease_in_one_transaction(tmp_path: Path) -> None:
-    with SqliteQueue(tmp_path / "q.db") as queue:
-        for name in ("t_a", "t_b", "t_c"):
-            queue.create_task(name, "target", b"", T0)
-        ((a,), (b,), (c,)) = (queue.lease(T0, lease_seconds=s) for s in (60, 1, 60))
-        (b_again,) = queue.lease(T0 + timedelta(seconds=1), lease_seconds=60)  # b's first lease is superseded
-        assert b_again.task.name == b.task.name
-        assert queue.ack_many([a, b, c]) == [True, False, True]
-        assert queue.get_task(b.task.name) is not None and queue.depth() == 1
-        assert queue.ack_many([b_again]) == [True] and queue.depth() == 0
-        assert queue.ack_many([]) == []
-
-
 def test_ack_after_expiry_still_counts_when_nobody_took_the_task_over(tmp_path: Path) -> None:
     with SqliteQueue(tmp_path / "q.db") as queue:
         queue.create_task("t_late_ack", "target", b"", T0)
