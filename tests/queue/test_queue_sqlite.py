@@ -74,10 +74,8 @@ def test_lease_without_ack_is_redelivered_after_the_lease_expires_across_a_resta
         assert reopened.depth() == 0
 
 
-def test_a_process_killed_between_lease_and_ack_has_its_task_redelivered(tmp_path: Path) -> None:
-    path = tmp_path / "queue.db"
-    with SqliteQueue(path) as queue:
-        queue.create_task("t_killed", "target", b"work", T0)
+def _die_holding_a_lease(path: Path) -> None:
+    """Lease one task (at T0, for 60 s) in another process that then dies: no ack, no close."""
     code = (
         "import os, sys\n"
         "from datetime import datetime, UTC\n"
@@ -85,10 +83,17 @@ def test_a_process_killed_between_lease_and_ack_has_its_task_redelivered(tmp_pat
         "queue = SqliteQueue(sys.argv[1])\n"
         "leases = queue.lease(datetime(2030, 1, 1, tzinfo=UTC), lease_seconds=60)\n"
         "print(len(leases), flush=True)\n"
-        "os._exit(9)  # die holding the lease: no ack, no close\n"
+        "os._exit(9)\n"
     )
     result = run_python(code, str(path))
     assert (result.returncode, result.stdout.strip()) == (9, "1"), result.stderr
+
+
+def test_a_process_killed_between_lease_and_ack_has_its_task_redelivered(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with SqliteQueue(path) as queue:
+        queue.create_task("t_killed", "target", b"work", T0)
+    _die_holding_a_lease(path)
     with SqliteQueue(path) as queue:
         assert queue.lease(T0 + timedelta(seconds=59)) == []
         (lease,) = queue.lease(T0 + timedelta(seconds=60))
@@ -104,16 +109,7 @@ def test_leases_of_a_dead_process_on_this_host_are_freed_at_once(tmp_path: Path)
     with SqliteQueue(path) as queue:
         queue.create_task("t_dead", "target", b"work", T0)
         queue.create_task("t_live", "target", b"work", T0)
-    code = (
-        "import os, sys\n"
-        "from datetime import datetime, UTC\n"
-        "from servo.queue import SqliteQueue\n"
-        "queue = SqliteQueue(sys.argv[1])\n"
-        "leases = queue.lease(datetime(2030, 1, 1, tzinfo=UTC), lease_seconds=60)\n"
-        "print(len(leases), flush=True)\n"
-        "os._exit(9)  # die holding the lease\n"
-    )
-    assert run_python(code, str(path)).stdout.strip() == "1"
+    _die_holding_a_lease(path)
     with SqliteQueue(path) as queue:
         (mine,) = queue.lease(T0, lease_seconds=60)  # held by this live process
         assert mine.task.name == "t_live"
