@@ -162,6 +162,11 @@ def cancel_run(
                 ledger = Ledger(h.store, on_append=compactor.notify)
                 ledger.append(event.event_id, event.to_json().encode())
                 compactor.start()
+                # What `servo serve` appended since the last engine (its notify spool, and
+                # the ledger sweep for a lost notice) folds too, in event_id order with the
+                # cancel: a task that finished before it stays SUCCEEDED (INV-1).
+                compactor.notify(NotifySpool.for_home(h).drain())
+                compactor.repair()
                 compactor.notify([event.event_id])
                 compactor.compact()
             else:  # the running engine folds it: starting a compactor would fence it

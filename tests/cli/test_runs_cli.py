@@ -139,6 +139,32 @@ def test_cancel_without_a_running_engine_folds_the_event_itself(tmp_path: Path, 
     assert json.loads(result.stdout)["state"] == "CANCELLED"
 
 
+def test_cancel_without_an_engine_first_folds_what_serve_appended(
+    tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog
+) -> None:
+    """With no engine running, `servo serve` may still have appended worker facts
+    (posted to the notify spool, not folded yet). The cancel's own fold must take them
+    in first: a task that finished before the cancel stays SUCCEEDED, as `servo fold`
+    of the ledger says, instead of being published CANCELLED."""
+    from servo.engine._notify import NotifySpool
+
+    home = seeded_home(tmp_path, spec, rules, catalog)
+    h = Home.open(home, create=False)
+    b = EventBuilder(catalog, tenant_id=h.tenant, workspace_id=h.workspace, now=datetime(2026, 2, 2, tzinfo=UTC))
+    served = [
+        b.dispatch_requested("run_open", "a", 1, "A1"),
+        b.started("run_open", "a", 1, "A1"),
+        b.finished("run_open", "a", 1, "A1"),
+    ]
+    ledger = Ledger(h.store, on_append=NotifySpool.for_home(h).post)  # as `servo serve` appends
+    ledger.append_many([(e.event_id, e.to_json().encode()) for e in served])
+    result = runner.invoke(app, ["runs", "cancel", "run_open", "--home", str(home), "--json", "--wait", "0"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(runner.invoke(app, ["runs", "show", "run_open", "--home", str(home), "--json"]).stdout)
+    assert {t["task_key"]: t["state"] for t in shown["tasks"]} == {"a": "SUCCEEDED", "b": "CANCELLED"}
+    assert shown["run"]["state"] == "CANCELLED" and shown["run"]["tasks_succeeded"] == 1
+
+
 def test_the_run_table_shows_whole_run_ids_and_a_unique_prefix_names_a_run(
     tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog
 ) -> None:
