@@ -25,7 +25,6 @@ projection may simply be behind, before answering 409.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import threading
@@ -59,6 +58,7 @@ from servo.worker import (
     StaleAttemptRejected,
     attempt_token,
 )
+from servo.worker._contract import same_token as _same_token
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -222,7 +222,7 @@ class _Callbacks:
     def token_ok(self, body: AttemptCallback, token: str) -> bool:
         h = self.home
         expected = attempt_token(self.secret, h.tenant, h.workspace, body.run_id, body.task_key, body.attempt_id)
-        return body.tenant == h.tenant and body.workspace == h.workspace and hmac.compare_digest(expected, token)
+        return body.tenant == h.tenant and body.workspace == h.workspace and _same_token(expected, token)
 
     def handle(self, kind: str, body: AttemptCallback, authorization: str | None) -> JSONResponse:
         scheme, _, token = (authorization or "").partition(" ")

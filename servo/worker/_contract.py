@@ -158,6 +158,12 @@ class ForgedCallback(CallbackRejected):
     status = 403
 
 
+def same_token(expected: str, given: str) -> bool:
+    """Constant-time comparison of a token with the expected one; a token that is not
+    ASCII (a header of arbitrary bytes) is simply not it, never an error."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
+
+
 def attempt_token(secret: bytes, tenant: str, workspace: str, run_id: str, task_key: str, attempt_id: str) -> str:
     """HMAC-SHA256 of the attempt under the tenant secret (hex)."""
     message = f"{tenant}\x1f{workspace}\x1f{run_id}\x1f{task_key}\x1f{attempt_id}".encode()
@@ -283,7 +289,7 @@ class CallbackService:
     def _check(self, d: Delivery) -> CurrentTask:
         """The task whose current attempt `d` is; ForgedCallback or StaleAttemptRejected."""
         expected = self.token_for(d.run_id, d.task_key, d.attempt_id)
-        if d.tenant != self.tenant or d.workspace != self.workspace or not hmac.compare_digest(expected, d.token):
+        if d.tenant != self.tenant or d.workspace != self.workspace or not same_token(expected, d.token):
             raise ForgedCallback(f"invalid token for attempt {d.attempt_id} of {d.run_id}/{d.task_key}")
         task = self._task(d.run_id, d.task_key)
         if task is None:

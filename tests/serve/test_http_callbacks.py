@@ -84,6 +84,9 @@ def test_a_forged_token_or_another_tenant_gets_403(api: httpx.Client, stage: Sta
     assert other.status_code == 403 and other.json()["error"] == "forged_callback"
     missing = api.post("/v1/callbacks/started", json=call["json"])
     assert missing.status_code == 401 and missing.json()["error"] == "missing_token"
+    for raw in (b"Bearer \xc3\xa9", b"Bearer \xff" + b"0" * 63):  # not ASCII: forged, not a 500
+        odd = api.post("/v1/callbacks/started", json=call["json"], headers={"Authorization": raw})  # type: ignore[dict-item]
+        assert odd.status_code == 403 and odd.json()["error"] == "forged_callback", odd.text
     assert set(_ledger_types(stage)) == before
 
 
