@@ -48,6 +48,7 @@ from servo.core.ids import new_ulid
 from servo.core.rules import default_spec
 from servo.engine._home import Home
 from servo.engine._notify import NotifySpool
+from servo.obs import ERRORS, record_error
 from servo.storage import Ledger
 from servo.worker import (
     CallbackRejected,
@@ -111,6 +112,12 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
+def _refused(code: str) -> None:
+    """Count a request refused before the callback service saw it (which counts its
+    own refusals: forged, stale), by its error code: SPEC §6, every error a metric."""
+    ERRORS.labels("http", code).inc()
+
+
 class _BodyLimit:
     """ASGI middleware: a body declared (Content-Length) or streamed (chunked) past
     `limit` bytes gets 413 without being read whole."""
@@ -128,6 +135,7 @@ class _BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
+            _refused("payload_too_large")
             await _error(413, "payload_too_large", self._too_large())(scope, receive, send)
             return
         seen = 0
@@ -227,6 +235,7 @@ class _Callbacks:
     def handle(self, kind: str, body: AttemptCallback, authorization: str | None) -> JSONResponse:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            _refused("missing_token")
             return _error(401, "missing_token", "send the delivery's token as 'Authorization: Bearer <token>'")
         token = token.strip()
         if self.token_ok(body, token):  # never let a forged claim make us wait
@@ -284,25 +293,30 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail, problems = _validation_detail(exc)
+        _refused("invalid_request")
         return JSONResponse({"error": "invalid_request", "detail": detail, "problems": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # FastAPI could not parse the body
+            _refused("invalid_request")
             problem = {"field": "body", "message": f"malformed: {exc.__cause__}"}
             body = {"error": "invalid_request", "detail": f"body: {problem['message']}", "problems": [problem]}
             return JSONResponse(body, status_code=422)
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        _refused(code)
         return _error(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
 
     @app.exception_handler(ServoError)
     async def servo_error(request: Request, exc: ServoError) -> JSONResponse:
         log.error("request failed: %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        record_error("http", exc)
         return _error(503, "unavailable", f"{type(exc).__name__}: {exc}")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
+        record_error("http", exc)
         return _error(500, "internal_error", f"{type(exc).__name__} (see the server log)")
 
     @app.post("/v1/callbacks/started")

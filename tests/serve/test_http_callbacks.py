@@ -142,6 +142,11 @@ def test_an_oversized_or_non_utf8_body_is_refused_before_it_is_read_whole(api: h
     assert not_utf8.status_code == 422, not_utf8.text
     assert not_utf8.json()["error"] == "invalid_request"
     assert "Traceback" not in not_utf8.text
+    missing = api.post("/v1/callbacks/started", json=call["json"])
+    assert missing.status_code == 401
+    metrics = api.get("/metrics").text  # every refusal is counted by its code (SPEC §6: each error a metric)
+    for code in ("payload_too_large", "invalid_request", "missing_token"):
+        assert f'servo_errors_total{{component="http",error_type="{code}"}}' in metrics, code
     assert set(_ledger_types(stage).values()) == {"RunTriggered", "PlanCreated", "DispatchRequested"}
     fine = api.post("/v1/callbacks/finished", json={**call["json"], "outcome": "FAILED", "error_message": "y" * 20000}, headers=call["headers"])
     assert fine.status_code == 200, fine.text
