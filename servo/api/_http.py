@@ -25,6 +25,7 @@ projection may simply be behind, before answering 409.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import secrets
 import threading
@@ -120,7 +121,9 @@ def _refused(code: str) -> None:
 
 class _BodyLimit:
     """ASGI middleware: a body declared (Content-Length) or streamed (chunked) past
-    `limit` bytes gets 413 without being read whole."""
+    `limit` bytes gets 413 without being read whole; one that is not UTF-8 text (JSON
+    between systems must be, RFC 8259), or holds a NUL (which `json.loads` would take
+    for UTF-16 or UTF-32), is malformed (422)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -139,13 +142,23 @@ class _BodyLimit:
             await _error(413, "payload_too_large", self._too_large())(scope, receive, send)
             return
         seen = 0
+        text = codecs.getincrementaldecoder("utf-8")()
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # raised inside the body read: the app's handler answers
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            # Raised inside the body read: the app's handlers answer (413; 400 with a
+            # ValueError cause becomes 422 invalid_request).
+            if seen > self.limit:
                 raise StarletteHTTPException(413, self._too_large())
+            try:
+                text.decode(chunk, final=not message.get("more_body", False))
+                if b"\x00" in chunk:
+                    raise ValueError("the body holds a NUL byte: JSON must be UTF-8 text")
+            except ValueError as exc:
+                raise StarletteHTTPException(400, "the body is not UTF-8 JSON") from exc
             return message
 
         await self.app(scope, counted, send)
@@ -298,7 +311,7 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # FastAPI could not parse the body
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):  # the body did not parse
             _refused("invalid_request")
             problem = {"field": "body", "message": f"malformed: {exc.__cause__}"}
             body = {"error": "invalid_request", "detail": f"body: {problem['message']}", "problems": [problem]}

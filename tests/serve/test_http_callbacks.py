@@ -138,10 +138,17 @@ def test_an_oversized_or_non_utf8_body_is_refused_before_it_is_read_whole(api: h
     streamed = api.post("/v1/callbacks/finished", content=chunks(), headers=headers)
     assert streamed.status_code == 413, streamed.text
     assert streamed.json()["error"] == "payload_too_large"
-    not_utf8 = api.post("/v1/callbacks/started", content=b'{"tenant": "\xff\xfe"}', headers=headers)
-    assert not_utf8.status_code == 422, not_utf8.text
-    assert not_utf8.json()["error"] == "invalid_request"
-    assert "Traceback" not in not_utf8.text
+    body = json.dumps(call["json"])
+    for what, content in (
+        ("not UTF-8", b'{"tenant": "\xff\xfe"}'),
+        ("UTF-16 with a BOM", body.encode("utf-16")),
+        ("UTF-16 without one", body.encode("utf-16-le")),  # json.loads would guess it
+        ("nested past any sense", b"[" * 100_000 + b"]" * 100_000),
+    ):
+        refused = api.post("/v1/callbacks/started", content=content, headers=headers)
+        assert refused.status_code == 422, (what, refused.text)
+        assert refused.json()["error"] == "invalid_request", what
+        assert "Traceback" not in refused.text
     missing = api.post("/v1/callbacks/started", json=call["json"])
     assert missing.status_code == 401
     metrics = api.get("/metrics").text  # every refusal is counted by its code (SPEC §6: each error a metric)
