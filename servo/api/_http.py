@@ -30,6 +30,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -71,6 +72,7 @@ is cut at 4,000 characters), so anything bigger is refused before it fills memor
 log = logging.getLogger("servo.serve")
 
 _LIVE = frozenset({"DISPATCHED", "RUNNING"})
+_FINISHING_KEPT = 100_000  # attempts whose accepted outcome a serve process remembers
 _ERROR_CODES: Mapping[type[CallbackRejected], str] = {
     StaleAttemptRejected: "stale_attempt",
     ForgedCallback: "forged_callback",
@@ -223,6 +225,24 @@ class _Callbacks:
         self.config = ControllerConfig(catalog=Catalog(default_spec()), source="serve")
         self.ledger = Ledger(home.store, on_append=NotifySpool.for_home(home).post)
         self.clock = FactClock()  # an attempt's facts sort in the order they happened
+        # attempt_id -> the outcome this process accepted first (bounded): another
+        # outcome reported for the attempt gets 409 instead of "accepted" then DUPLICATE.
+        self._finishing: OrderedDict[str, str] = OrderedDict()
+        self._finishing_lock = threading.Lock()
+
+    def _claim_finish(self, attempt_id: str, outcome: str) -> str | None:
+        """Reserve `outcome` as the attempt's; the outcome claimed before, if another."""
+        with self._finishing_lock:
+            first = self._finishing.setdefault(attempt_id, outcome)
+            self._finishing.move_to_end(attempt_id)
+            while len(self._finishing) > _FINISHING_KEPT:
+                self._finishing.popitem(last=False)
+        return first if first != outcome else None
+
+    def _unclaim_finish(self, attempt_id: str, outcome: str) -> None:
+        with self._finishing_lock:
+            if self._finishing.get(attempt_id) == outcome:
+                del self._finishing[attempt_id]
 
     def service(self, appended: list[str]) -> CallbackService:
         """A CallbackService whose appends are recorded in `appended`."""
@@ -251,8 +271,17 @@ class _Callbacks:
             _refused("missing_token")
             return _error(401, "missing_token", "send the delivery's token as 'Authorization: Bearer <token>'")
         token = token.strip()
-        if self.token_ok(body, token):  # never let a forged claim make us wait
+        genuine = self.token_ok(body, token)
+        if genuine:  # never let a forged claim make us wait
             self.projection.settle(body)
+        claim = body if genuine and isinstance(body, FinishedCallback) else None  # its outcome, reserved
+        if claim is not None:
+            other = self._claim_finish(claim.attempt_id, claim.outcome)
+            if other is not None:
+                detail = f"attempt {body.attempt_id} of task {body.task_key!r} already reported finished {other}"
+                log.warning("callback rejected: %s error=stale_attempt run_id=%s detail=%s", kind, body.run_id, detail)
+                ERRORS.labels("callback", "StaleAttemptRejected").inc()
+                return _error(409, "stale_attempt", detail)
         delivery = Delivery(
             tenant=body.tenant,
             workspace=body.workspace,
@@ -272,16 +301,23 @@ class _Callbacks:
                 service.heartbeat(delivery, body.worker_id, datetime.now(UTC), body.progress_pct)
             else:
                 service.started(delivery, body.worker_id)
-        except CallbackRejected as exc:
+        except BaseException as exc:
+            if claim is not None:  # nothing accepted: the claim lapses
+                self._unclaim_finish(claim.attempt_id, claim.outcome)
+            if isinstance(exc, CallbackRejected | InvalidEvent):
+                return self._refusal(kind, body, exc)
+            raise
+        return JSONResponse({"accepted": True, "event_id": appended[-1] if appended else None})
+
+    def _refusal(self, kind: str, body: AttemptCallback, exc: CallbackRejected | InvalidEvent) -> JSONResponse:
+        if isinstance(exc, CallbackRejected):
             code = next(c for t, c in _ERROR_CODES.items() if isinstance(exc, t))
             log.warning(
                 "callback rejected: %s error=%s tenant_id=%s run_id=%s task_key=%s attempt_id=%s detail=%s",
                 kind, code, body.tenant, body.run_id, body.task_key, body.attempt_id, exc,
             )
             return _error(exc.status, code, str(exc))
-        except InvalidEvent as exc:
-            return _error(422, "invalid_event", str(exc))
-        return JSONResponse({"accepted": True, "event_id": appended[-1] if appended else None})
+        return _error(422, "invalid_event", str(exc))
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, str]]]:

@@ -73,6 +73,36 @@ def test_an_old_attempt_after_a_retry_gets_409_with_a_clear_message(api: httpx.C
     assert api.post("/v1/callbacks/started", **second).status_code == 200
 
 
+def test_concurrent_finishes_of_one_attempt_accept_one_outcome_only(api: httpx.Client, stage: Stage) -> None:
+    """Two holders of one attempt (a paused worker whose lease ran out) or a client's
+    retries may report its finish at once. Only the first outcome is accepted; a
+    report of another outcome gets 409, never "accepted" for a result that is then
+    dropped as a DUPLICATE. The same outcome again is accepted (an idempotent retry)."""
+    stage.start_run("run_1", TaskDef("a"))
+    call = stage.dispatch("run_1", "a", 1)
+    assert api.post("/v1/callbacks/started", **call).status_code == 200
+    outcomes = ["FAILED", "SUCCEEDED", "FAILED", "SUCCEEDED", "SUCCEEDED", "FAILED"]
+    answers: list[tuple[str, int]] = []
+    gate = threading.Barrier(len(outcomes))
+
+    def report(outcome: str) -> None:
+        gate.wait(5)
+        response = api.post("/v1/callbacks/finished", json={**call["json"], "outcome": outcome}, headers=call["headers"])
+        answers.append((outcome, response.status_code))
+
+    threads = [threading.Thread(target=report, args=(o,)) for o in outcomes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    accepted = {o for o, status in answers if status == 200}
+    assert len(accepted) == 1, answers
+    assert all(status == 409 for o, status in answers if o not in accepted), answers
+    (winner,) = accepted
+    stage.compact()
+    assert stage.tasks()["a"]["state"] == ("SUCCEEDED" if winner == "SUCCEEDED" else "FAILED")
+
+
 def test_a_forged_token_or_another_tenant_gets_403(api: httpx.Client, stage: Stage) -> None:
     stage.start_run("run_1", TaskDef("a"))
     call = stage.dispatch("run_1", "a", 1)
