@@ -79,7 +79,7 @@ _ERROR_CODES: Mapping[type[CallbackRejected], str] = {
     CallbackRejected: "callback_rejected",
 }
 _Id = Annotated[str, Field(min_length=1, max_length=256)]
-RunState = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+RUN_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")  # SPEC §5 runs.state
 Auth = Annotated[str | None, Header(description="Bearer <the per-attempt token of the delivery>")]
 
 
@@ -395,14 +395,19 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
             "watermark": snapshot.watermark,
         }
 
-    @app.get("/v1/runs")
+    @app.get("/v1/runs", response_model=None)
     def list_runs(
-        state: Annotated[list[RunState] | None, Query(description="Only runs in these states.")] = None,
+        state: Annotated[list[str] | None, Query(description="Only runs in these states (any case).")] = None,
         limit: Annotated[int | None, Query(ge=1, description="Only the newest N runs.")] = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | JSONResponse:
         """The runs of the published projection, newest first."""
+        wanted = {s.upper() for s in state or ()}
+        if wanted - set(RUN_STATES):
+            _refused("invalid_request")
+            detail = f"state: must be one of {', '.join(RUN_STATES)}, not {', '.join(sorted(wanted - set(RUN_STATES)))}"
+            return JSONResponse({"error": "invalid_request", "detail": detail, "problems": []}, status_code=422)
         runs = sorted(projection.refresh().tables["runs"], key=lambda r: (str(r["created_at"]), str(r["run_id"])), reverse=True)
-        return {"runs": [r for r in runs if not state or r["state"] in state][:limit]}
+        return {"runs": [r for r in runs if not wanted or r["state"] in wanted][:limit]}
 
     @app.get("/v1/runs/{run_id}", response_model=None)
     def show_run(run_id: str) -> dict[str, Any] | JSONResponse:

@@ -197,6 +197,7 @@ def test_health_runs_and_metrics_read_endpoints(api: httpx.Client, stage: Stage)
     assert [(r["run_id"], r["state"]) for r in runs] == [("run_1", "RUNNING")]
     assert api.get("/v1/runs", params={"state": ["RUNNING", "FAILED"], "limit": 1}).json()["runs"] == runs
     assert api.get("/v1/runs", params={"state": "SUCCEEDED"}).json()["runs"] == []
+    assert api.get("/v1/runs", params={"state": "running"}).json()["runs"] == runs  # any case, as the CLI
     for bad in ({"state": "DONE"}, {"limit": 0}, {"limit": "many"}):
         refused = api.get("/v1/runs", params=bad)
         assert refused.status_code == 422 and refused.json()["error"] == "invalid_request", (bad, refused.text)
