@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servo._errors import InvalidEvent, ServoError
 from servo.compactor import ProjectionReader, Snapshot, StateView
-from servo.core.controllers import ControllerConfig, Emitter, ProjectionView, TaskRecord
+from servo.core.controllers import RUN_STATES, ControllerConfig, Emitter, ProjectionView, TaskRecord
 from servo.core.events import Catalog
 from servo.core.ids import new_ulid
 from servo.core.rules import default_spec
@@ -79,7 +79,6 @@ _ERROR_CODES: Mapping[type[CallbackRejected], str] = {
     CallbackRejected: "callback_rejected",
 }
 _Id = Annotated[str, Field(min_length=1, max_length=256)]
-RUN_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")  # SPEC §5 runs.state
 Auth = Annotated[str | None, Header(description="Bearer <the per-attempt token of the delivery>")]
 
 

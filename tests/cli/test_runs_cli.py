@@ -70,6 +70,13 @@ def test_list_filters_by_state_and_keeps_the_newest_n(tmp_path: Path, spec: Spec
         assert "Traceback" not in result.output
 
 
+def test_the_cli_knows_the_same_run_states_as_the_controllers() -> None:
+    from servo.cli import _runs
+    from servo.core.controllers import RUN_STATES, TERMINAL_RUN_STATES
+
+    assert _runs.RUN_STATES == RUN_STATES and _runs.TERMINAL_RUN_STATES == TERMINAL_RUN_STATES
+
+
 def test_cancel_cancels_every_open_task(tmp_path: Path, spec: Spec, rules: Registry, catalog: Catalog) -> None:
     home = seeded_home(tmp_path, spec, rules, catalog)
     result = runner.invoke(app, ["runs", "cancel", "run_open", "--home", str(home), "--json"])

@@ -34,6 +34,7 @@ from servo.core.controllers._timers import (
 from servo.core.controllers._view import (
     ON_SLA_MISS_LABEL,
     RETRY_LABEL,
+    RUN_STATES,
     SLA_LABEL,
     TERMINAL_RUN_STATES,
     OutboxRecord,
@@ -47,6 +48,7 @@ from servo.core.controllers._view import (
 __all__ = [
     "ON_SLA_MISS_LABEL",
     "RETRY_LABEL",
+    "RUN_STATES",
     "SLA_LABEL",
     "TERMINAL_RUN_STATES",
     "ControllerConfig",

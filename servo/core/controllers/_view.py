@@ -39,6 +39,7 @@ __all__ = [
 TERMINAL_TASK_STATES = frozenset({"SKIPPED", "CANCELLED", "FAILED", "SUCCEEDED"})
 LIVE_TASK_STATES = frozenset({"DISPATCHED", "RUNNING"})
 TERMINAL_RUN_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+RUN_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")  # SPEC §5 runs.state
 
 
 @dataclass(frozen=True, slots=True)
