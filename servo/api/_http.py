@@ -120,6 +120,12 @@ def _refused(code: str) -> None:
     ERRORS.labels("http", code).inc()
 
 
+def _invalid(detail: str, problems: list[dict[str, str]]) -> JSONResponse:
+    """422 `invalid_request` (counted): `detail` in one line, `problems` field by field."""
+    _refused("invalid_request")
+    return JSONResponse({"error": "invalid_request", "detail": detail, "problems": problems}, status_code=422)
+
+
 class _BodyLimit:
     """ASGI middleware: a body declared (Content-Length) or streamed (chunked) past
     `limit` bytes gets 413 without being read whole; one that is not UTF-8 text (JSON
@@ -277,10 +283,9 @@ class _Callbacks:
         if claim is not None:
             other = self._claim_finish(claim.attempt_id, claim.outcome)
             if other is not None:
-                detail = f"attempt {body.attempt_id} of task {body.task_key!r} already reported finished {other}"
-                log.warning("callback rejected: %s error=stale_attempt run_id=%s detail=%s", kind, body.run_id, detail)
-                ERRORS.labels("callback", "StaleAttemptRejected").inc()
-                return _error(409, "stale_attempt", detail)
+                late = StaleAttemptRejected(f"attempt {body.attempt_id} of task {body.task_key!r} already reported finished {other}")
+                record_error("callback", late)
+                return self._refusal(kind, body, late)
         delivery = Delivery(
             tenant=body.tenant,
             workspace=body.workspace,
@@ -340,17 +345,13 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail, problems = _validation_detail(exc)
-        _refused("invalid_request")
-        return JSONResponse({"error": "invalid_request", "detail": detail, "problems": problems}, status_code=422)
+        return _invalid(*_validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):  # the body did not parse
-            _refused("invalid_request")
             problem = {"field": "body", "message": f"malformed: {exc.__cause__}"}
-            body = {"error": "invalid_request", "detail": f"body: {problem['message']}", "problems": [problem]}
-            return JSONResponse(body, status_code=422)
+            return _invalid(f"body: {problem['message']}", [problem])
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
         _refused(code)
         return _error(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
@@ -402,9 +403,8 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
         """The runs of the published projection, newest first."""
         wanted = {s.upper() for s in state or ()}
         if wanted - set(RUN_STATES):
-            _refused("invalid_request")
-            detail = f"state: must be one of {', '.join(RUN_STATES)}, not {', '.join(sorted(wanted - set(RUN_STATES)))}"
-            return JSONResponse({"error": "invalid_request", "detail": detail, "problems": []}, status_code=422)
+            message = f"must be one of {', '.join(RUN_STATES)}, not {', '.join(sorted(wanted - set(RUN_STATES)))}"
+            return _invalid(f"state: {message}", [{"field": "state", "message": message}])
         runs = sorted(projection.refresh().tables["runs"], key=lambda r: (str(r["created_at"]), str(r["run_id"])), reverse=True)
         return {"runs": [r for r in runs if not wanted or r["state"] in wanted][:limit]}
 
