@@ -220,8 +220,9 @@ class Pipeline:
             raise PipelineError(f"task {key!r} is not declared in pipeline {self.name!r}")
         fn = spec.fn
         params: Sequence[inspect.Parameter] = list(inspect.signature(fn).parameters.values())
+        takes_ctx = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
         try:
-            result = fn(ctx) if params else fn()
+            result = fn(ctx) if takes_ctx else fn()
             if inspect.isgenerator(result) or inspect.isasyncgen(result):
                 raise TypeError(
                     f"task {key!r} returned a generator, which servo does not iterate: its work would "

@@ -83,7 +83,7 @@ def test_a_generator_task_is_refused_since_its_body_would_never_run() -> None:
     assert pipeline.tasks == {}
 
 
-def test_a_task_that_needs_more_than_ctx_is_refused_at_declaration() -> None:
+def test_a_task_that_needs_more_than_ctx_is_refused_at_declaration(tmp_path: Path) -> None:
     """A task is called with nothing or with its context: one that needs more
     arguments would fail every attempt, so it is refused when declared."""
     pipeline = Pipeline("sigs")
@@ -98,12 +98,18 @@ def test_a_task_that_needs_more_than_ctx_is_refused_at_declaration() -> None:
 
     def optional(ctx: TaskContext, other: int = 1, *rest: int, **named: int) -> None: ...
 
+    def keyword_only_optional(*, limit: int = 3) -> None: ...
+
     def bare() -> None: ...
 
     pipeline.task(optional)
     pipeline.task(bare)
+    pipeline.task(keyword_only_optional)
     pipeline.task(print, name="printer")  # a builtin: its signature is not checked
-    assert list(pipeline.tasks) == ["optional", "bare", "printer"]
+    assert list(pipeline.tasks) == ["optional", "bare", "keyword_only_optional", "printer"]
+    del pipeline.tasks["printer"]
+    states = run(tmp_path, pipeline)  # each is called with what it takes (no ctx where no positional)
+    assert {k: s[0] for k, s in states.items()} == {"optional": "SUCCEEDED", "bare": "SUCCEEDED", "keyword_only_optional": "SUCCEEDED"}
 
 
 def test_a_task_that_returns_a_generator_fails_its_attempt(tmp_path: Path) -> None:
