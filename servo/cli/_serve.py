@@ -98,8 +98,7 @@ def serve_command(
 def _await_home(root: Path, deadline: float) -> Home:
     """The home at `root`, waiting until `deadline` (monotonic) for `servo serve` or
     `servo run`, started alongside, to create it."""
-    from servo.engine import Home
-    from servo.engine._home import HomeError
+    from servo.engine import Home, HomeError
 
     while True:
         try:
