@@ -5,7 +5,8 @@
     POST /v1/callbacks/finished     + progress_pct? (heartbeat) / outcome, error_message? (finished)
                                    Authorization: Bearer <the delivery's per-attempt token>
     GET  /healthz                  liveness + the projection's manifest seq and watermark
-    GET  /v1/runs?state=S&limit=N  the run rows of the published projection, newest first
+    GET  /v1/runs?state=S&limit=N&after=RUN  the run rows of the published projection, newest
+                                   first, a page at a time (`next` starts the following page)
     GET  /v1/runs/{run_id}         one run and its task rows
     GET  /metrics                  Prometheus text (prometheus_client's default registry)
 
@@ -399,14 +400,25 @@ def create_app(home: Home, *, lag_wait_seconds: float = 2.0) -> FastAPI:
     def list_runs(
         state: Annotated[list[str] | None, Query(description="Only runs in these states (any case).")] = None,
         limit: Annotated[int | None, Query(ge=1, description="Only the newest N runs.")] = None,
+        after: Annotated[str | None, Query(description="Start after this run (a page's `next`).")] = None,
     ) -> dict[str, Any] | JSONResponse:
-        """The runs of the published projection, newest first."""
+        """The runs of the published projection, newest first, a page at a time: `next`
+        is the last run of a page cut by `limit` (null on the last page); pass it as
+        `after` for the following page."""
         wanted = {s.upper() for s in state or ()}
         if wanted - set(RUN_STATES):
             message = f"must be one of {', '.join(RUN_STATES)}, not {', '.join(sorted(wanted - set(RUN_STATES)))}"
             return _invalid(f"state: {message}", [{"field": "state", "message": message}])
         runs = sorted(projection.refresh().tables["runs"], key=lambda r: (str(r["created_at"]), str(r["run_id"])), reverse=True)
-        return {"runs": [r for r in runs if not wanted or r["state"] in wanted][:limit]}
+        if after is not None:
+            at = next((i for i, r in enumerate(runs) if r["run_id"] == after), None)
+            if at is None:
+                message = f"no run {after!r} in this home to continue after"
+                return _invalid(f"after: {message}", [{"field": "after", "message": message}])
+            runs = runs[at + 1 :]
+        runs = [r for r in runs if not wanted or r["state"] in wanted]
+        page = runs[:limit]
+        return {"runs": page, "next": page[-1]["run_id"] if len(runs) > len(page) else None}
 
     @app.get("/v1/runs/{run_id}", response_model=None)
     def show_run(run_id: str) -> dict[str, Any] | JSONResponse:

@@ -201,6 +201,7 @@ def test_health_runs_and_metrics_read_endpoints(api: httpx.Client, stage: Stage)
     for bad in ({"state": "DONE"}, {"limit": 0}, {"limit": "many"}):
         refused = api.get("/v1/runs", params=bad)
         assert refused.status_code == 422 and refused.json()["error"] == "invalid_request", (bad, refused.text)
+    assert api.get("/v1/runs").json()["next"] is None  # everything fitted
     shown = api.get("/v1/runs/run_1").json()
     assert {t["task_key"]: t["state"] for t in shown["tasks"]} == {"a": "READY", "b": "BLOCKED"}
     missing = api.get("/v1/runs/run_nope")
@@ -213,3 +214,27 @@ def test_health_runs_and_metrics_read_endpoints(api: httpx.Client, stage: Stage)
     # Servo's own registry (callback latency, errors by type), not only the process's
     assert 'servo_callback_seconds_count{callback="started"}' in metrics.text
     assert "servo_errors_total" in metrics.text and "process_" in metrics.text
+
+
+def test_runs_page_through_with_the_next_cursor(api: httpx.Client, stage: Stage) -> None:
+    """`limit` cuts a page; `next` names where the following page starts (`after`)."""
+    for run_id in ("run_1", "run_2", "run_3", "run_4", "run_5"):
+        stage.start_run(run_id, TaskDef("a"))
+    everything = [r["run_id"] for r in api.get("/v1/runs").json()["runs"]]
+    assert everything == ["run_5", "run_4", "run_3", "run_2", "run_1"]  # newest first
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        body = api.get("/v1/runs", params={"limit": 2} | ({"after": after} if after else {})).json()
+        pages.append([r["run_id"] for r in body["runs"]])
+        after = body["next"]
+        if after is None:
+            break
+    assert pages == [["run_5", "run_4"], ["run_3", "run_2"], ["run_1"]]
+    exact = api.get("/v1/runs", params={"limit": 1, "after": "run_2"}).json()
+    assert [r["run_id"] for r in exact["runs"]] == ["run_1"] and exact["next"] is None  # a full last page
+    filtered = api.get("/v1/runs", params={"state": "RUNNING", "after": "run_4"}).json()
+    assert [r["run_id"] for r in filtered["runs"]] == ["run_3", "run_2", "run_1"]
+    unknown = api.get("/v1/runs", params={"after": "run_nope"})
+    assert unknown.status_code == 422 and unknown.json()["error"] == "invalid_request", unknown.text
+    assert "run_nope" in unknown.json()["detail"]
