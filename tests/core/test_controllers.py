@@ -351,8 +351,8 @@ def test_view_records_are_read_only(world: World) -> None:
 # ------------------------------------------------------------------ run SLA --
 
 
-def sla_world(spec: Spec, rules: Registry, catalog: Catalog, on_miss: str = "alert") -> World:
-    labels = {"servo.sla_sec": "30", "servo.on_sla_miss": on_miss}
+def sla_world(spec: Spec, rules: Registry, catalog: Catalog, on_miss: str = "alert", sla_sec: int = 30) -> World:
+    labels = {"servo.sla_sec": str(sla_sec), "servo.on_sla_miss": on_miss}
     return World(spec, rules, catalog, [TaskDef("a", heartbeat_timeout_sec=0)], labels)
 
 
@@ -399,6 +399,29 @@ def test_run_sla_check_respects_watermark_freshness(spec: Spec, rules: Registry,
     tables = w.projection.tables()
     assert tables["runs"][0]["state"] == "CANCELLED" and w.task("a")["state"] == "CANCELLED"
     assert {t["timer_id"]: t["state"] for t in tables["timers"]}[timer.timer_id] == "FIRED"
+
+
+def test_an_sla_cancel_folds_after_the_timer_that_caused_it(spec: Spec, rules: Registry, catalog: Catalog) -> None:
+    """The handler's RunCancelRequested sorts after its TimerFired (event_id order is the
+    fold's order), whatever its timer id: else the cancel folds first (two ids of one
+    millisecond order by a hash of their keys), cancels the SCHEDULED check, and the
+    fold refuses the TimerFired as INVALID_TRANSITION: the audit tables would say the
+    check that cancelled the run never fired."""
+    for offset_ms, sla_sec in enumerate(range(30, 62)):
+        w = sla_world(spec, rules, catalog, on_miss="cancel", sla_sec=sla_sec)
+        w.append(w.reconcile(at(0)))
+        w.compact()
+        (timer,) = [t for t in w.view().timers.values() if t.timer_type == "SLA_CHECK"]
+        now = timer.fire_at + timedelta(milliseconds=offset_ms)
+        missed = w.fire(timer.timer_id, now=now, watermark=now)
+        assert types(missed) == ["RunCancelRequested", "TimerFired"]  # written in this order (crash safety)
+        cancel, fired = missed
+        assert fired.event_id < cancel.event_id, offset_ms  # folded in this one
+        w.append(missed)
+        w.compact()
+        tables = w.projection.tables()
+        assert {t["timer_id"]: t["state"] for t in tables["timers"]}[timer.timer_id] == "FIRED", offset_ms
+        assert tables["rejected_events"] == [] and tables["runs"][0]["state"] == "CANCELLED", offset_ms
 
 
 def test_a_missed_sla_only_alerts_unless_cancel_was_asked(spec: Spec, rules: Registry, catalog: Catalog) -> None:

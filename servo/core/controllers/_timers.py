@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Container
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from servo.core.controllers._emit import ControllerConfig, Emitter
@@ -356,7 +357,11 @@ def on_timer_fired(
       then TimerFired.
 
     TimerFired comes last so a crash part-way leaves the timer SCHEDULED and the
-    redelivered handler decides again (its events repeat under the same keys).
+    redelivered handler decides again (its events repeat under the same keys). It is
+    folded first, though: the verdict is stamped a millisecond after it, so its id
+    sorts after TimerFired's (ids of one millisecond order by a hash of their keys).
+    The fold then sees the check fire, then what it decided: an SLA cancel, folded
+    first, would cancel the still SCHEDULED check and have its TimerFired refused.
     """
     if timer.state != "SCHEDULED":
         return []
@@ -366,9 +371,10 @@ def on_timer_fired(
     if watermark < timer.fire_at:
         return _reschedule(timer, emit)
     out: list[Event] = []
+    after = replace(emit, now=now + timedelta(milliseconds=1))  # folded after TimerFired
     if timer.timer_type == "HEARTBEAT_CHECK":
-        out.extend(_heartbeat_verdict(view, timer, emit, waiting))
+        out.extend(_heartbeat_verdict(view, timer, after, waiting))
     elif timer.timer_type == "SLA_CHECK":
-        out.extend(_sla_verdict(view, timer, emit))
+        out.extend(_sla_verdict(view, timer, after))
     out.append(_fired(timer, emit))
     return out
