@@ -703,10 +703,15 @@ class EmbeddedEngine:
             return  # pushed to _on_push
         if self._held is not None:
             self._held.keep(now)
-        # Timers, and the dispatches of this pipeline's runs (all for `servo worker` if
-        # external): another pipeline's attempts are for an engine or worker running its code.
-        only = (TIMER,) if self.callback_base is not None else (TIMER, DISPATCH, dispatch_target(self.pipeline.name))
-        for lease in self._leasing.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only):
+        # Timers if this replica leads, and the dispatches of this pipeline's runs (all for
+        # `servo worker` if external): another pipeline's attempts are for an engine or
+        # worker running its code. A follower's watermark is the published manifest's,
+        # which lags the leader's cut: judged by it a due timer only rescheduled itself,
+        # seconds later, again and again. The leader's is its own cut: it fires them.
+        kinds = (TIMER,) if self.leading else ()
+        only = kinds if self.callback_base is not None else (*kinds, DISPATCH, dispatch_target(self.pipeline.name))
+        leases = self._leasing.lease(now, max_tasks=self.workers * 4, lease_seconds=self.lease_seconds, target=only) if only else []
+        for lease in leases:
             self._deliver(lease, view, watermark, now, pool)
         _observe.observe_queue_depth(self._leasing, now)
 

@@ -181,3 +181,47 @@ def test_a_replica_starting_while_another_leads_never_emits_intents(tmp_path: Pa
     assert proposed and all(len(ids) == 1 for ids in proposed.values()), proposed
     assert "STALE_ATTEMPT" not in audit.rejected.values()
     assert {t["attempt"] for t in audit.tables["tasks"]} == {1}
+
+
+def test_only_the_leader_handles_timers_so_a_followers_retry_fires_on_time(tmp_path: Path, spec: Spec, rules: Registry) -> None:
+    """Found by a black-box pass: with one `servo run` leading a home, a second one's
+    retry timer took 2-18 s instead of 0.2 s. The follower leased the timer and judged
+    it against its own watermark, the published manifest's, which lags: so it
+    rescheduled the timer (a TimerRequested from the handler, 2 s later) again and
+    again. The leader's watermark is its own compaction cut; it handles every timer."""
+    import time
+
+    from servo.api import Pipeline, RetryPolicy
+
+    home = Home.open(tmp_path / "home")
+    slow = Pipeline("slow")
+    slow.task(lambda: time.sleep(4.0), name="wait")
+    flaky = Pipeline("flaky")
+    failed: list[bool] = []
+
+    def once() -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("first attempt fails")
+
+    flaky.task(once, name="t", max_attempts=2, retry=RetryPolicy(base_sec=0.2, factor=1.0, cap_sec=0.2))
+    leader = EmbeddedEngine(home, slow, replica="a", **FAST)
+    results: list[RunOutcome | BaseException] = []
+
+    def drive(engine: EmbeddedEngine) -> None:
+        try:
+            results.append(engine.run(timeout=60))
+        except BaseException as error:
+            results.append(error)
+
+    first = threading.Thread(target=drive, args=(leader,))
+    first.start()
+    while not leader.leading:
+        time.sleep(0.01)
+    drive(EmbeddedEngine(home, flaky, replica="b", **FAST))
+    first.join(90)
+
+    assert all(isinstance(r, RunOutcome) and r.state == "SUCCEEDED" for r in results), results
+    audit = Audit.of(home, spec, rules)
+    retries = [e for e in audit.events if e["event_type"] == "TimerRequested" and e["data"]["timer_type"] == "RETRY"]
+    assert len(retries) == 1, [(e["source"], e["data"]["fire_at"]) for e in retries]  # never rescheduled
