@@ -84,9 +84,11 @@ _LOG = logging.getLogger("servo.engine")
 TIMER: Final = "timer"
 IN_FLIGHT_PER_WORKER: Final = 16
 STRAGGLER_SECONDS = 2.0
+"""How long an ended run waits for attempts that are still running (to ack them)."""
 STUCK_INTENT_SECONDS = 60.0
 """How long an intent may stay unreflected in the projection before the engine says so."""
-"""How long an ended run waits for attempts that are still running (to ack them)."""
+PUBLISH_WAIT_SECONDS = 10.0
+"""How long a run just triggered waits, holding the home's start lock, to be published."""
 QUIET_EVENTS = frozenset({"TaskStarted", "TaskHeartbeat", "TimerRequested", "DispatchEnqueued"})
 """Events no controller acts on at once: appending them does not wake the loop, the
 next loop folds them whatever wakes it (at the latest `poll_seconds` later). A no-op
@@ -539,13 +541,27 @@ class EmbeddedEngine:
         that finds them damaged waits for the leader to rebuild them (or leads itself
         once the leader lock is free, and rebuilds them)."""
         while True:
-            view, _ = self._refresh()
-            try:
-                return self._start_or_resume(view, run_key)
-            except CorruptState:
-                # A leader's next refresh rewrites it (and raises if that fails too).
-                if timeout is not None and time.monotonic() - started > timeout:
-                    raise
+            with self.home.starting():  # one starter at a time, until its run is published
+                view, _ = self._refresh()
+                try:
+                    run_id, resumed = self._start_or_resume(view, run_key)
+                except CorruptState:
+                    # A leader's next refresh rewrites it (and raises if that fails too).
+                    if timeout is not None and time.monotonic() - started > timeout:
+                        raise
+                else:
+                    if not resumed:
+                        self._await_published(run_id)
+                    return run_id, resumed
+            self._wake.wait(self.poll_seconds)
+
+    def _await_published(self, run_id: str) -> None:
+        """Wait until the run just triggered is in the published tables, where the next
+        starter finds it: at once for a leader (its refresh folds it); a follower waits
+        for the leader's next fold of its notices (or leads, if the leader is gone).
+        Given up after PUBLISH_WAIT_SECONDS: the run goes on either way."""
+        deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
+        while run_id not in self._refresh()[0].runs and time.monotonic() < deadline:
             self._wake.wait(self.poll_seconds)
 
     def _start_or_resume(self, view: ProjectionView, run_key: str | None) -> tuple[str, bool]:
@@ -585,6 +601,7 @@ class EmbeddedEngine:
                 self._plan_event(run_id, now + timedelta(milliseconds=1)),
             ]
         )
+        self.faults("after_trigger", run_id)
         return run_id, False
 
     def _plan_event(self, run_id: str, now: datetime) -> Event:

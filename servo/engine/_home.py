@@ -6,6 +6,7 @@
       secret      the tenant secret (run ids from run keys, per-attempt tokens)
       engine.lock held shared by every engine driving the home (`runs cancel` asks)
       leader.lock held exclusively by the one engine that leads (folds, emits intents)
+      start.lock  held exclusively by an engine starting a run, until it is published
 """
 
 from __future__ import annotations
@@ -114,6 +115,18 @@ class Home:
         fd = os.open(self.root / "engine.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # also releases the lock; a killed engine's goes with its process
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Held exclusively by an engine deciding whether to start or resume a run, until
+        a run it starts is published: two `servo run` of one pipeline started at once
+        then make one run (the second finds the first's and resumes it), not two."""
+        fd = os.open(self.root / "start.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # also releases the lock; a killed engine's goes with its process

@@ -21,7 +21,7 @@ from servo.spec import Spec
 FAST = {"poll_seconds": 0.01, "repair_seconds": 0.5, "repair_grace_sec": 1}
 
 
-def run_together(engines: list[EmbeddedEngine], run_key: str) -> list[RunOutcome | BaseException]:
+def run_together(engines: list[EmbeddedEngine], run_key: str | None) -> list[RunOutcome | BaseException]:
     """Run every engine in its own thread, all released at once; outcome or error each."""
     barrier = threading.Barrier(len(engines))
     results: list[RunOutcome | BaseException] = [RuntimeError("did not finish")] * len(engines)
@@ -59,6 +59,55 @@ def test_two_replicas_converge_on_one_outbox_row_per_dispatch(tmp_path: Path, sp
     assert queue_task_names(home) == {r["cloud_task_id"]: 1 for r in audit.tables["dispatch_outbox"]}
     assert audit.successes() == {"r0": 1, "r1": 1, "r2": 1, "r3": 1, "join": 1}
     assert {t["attempt"] for t in audit.tables["tasks"]} == {1}
+
+
+def test_two_runs_of_a_pipeline_started_at_once_without_a_run_key_make_one_run(
+    tmp_path: Path, spec: Spec, rules: Registry
+) -> None:
+    """Found by a black-box pass: two `servo run p.py` started in the same instant
+    (overlapping cron or CI jobs) sometimes both found no unfinished run of the
+    pipeline, and each triggered its own, so every task ran twice. Starting is now one
+    at a time per home, and a starter holds that turn until its run is in the
+    published tables, where the next one finds it and resumes it. Here the first
+    starter pauses between appending its RunTriggered and publishing it, while the
+    second one starts."""
+    import time
+
+    home = Home.open(tmp_path / "home")
+    pipeline = fan_in("together", roots=2, sleep=0.05)
+    paused: list[bool] = []
+
+    def pause_once(point: str, key: str) -> None:
+        if point == "after_trigger" and not paused:
+            paused.append(True)
+            time.sleep(1.0)
+
+    first = EmbeddedEngine(home, pipeline, replica="a", faults=pause_once, workers=2, **FAST)
+    second = EmbeddedEngine(home, pipeline, replica="b", workers=2, **FAST)
+    results: list[RunOutcome | BaseException] = []
+
+    def drive(engine: EmbeddedEngine) -> None:
+        try:
+            results.append(engine.run(timeout=60))
+        except BaseException as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=drive, args=(first,))]
+    threads[0].start()
+    while not paused:
+        time.sleep(0.01)
+    threads.append(threading.Thread(target=drive, args=(second,)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(90)
+
+    assert all(isinstance(r, RunOutcome) and r.state == "SUCCEEDED" for r in results), results
+    outcomes = [r for r in results if isinstance(r, RunOutcome)]
+    assert len({r.run["run_id"] for r in outcomes}) == 1
+    assert sorted(r.resumed for r in outcomes) == [False, True]
+    audit = Audit.of(home, spec, rules)
+    assert len(audit.tables["runs"]) == 1
+    assert audit.successes() == {"r0": 1, "r1": 1, "join": 1}
 
 
 def test_fenced_replica_takes_over_when_the_leader_dies(tmp_path: Path, spec: Spec, rules: Registry) -> None:
