@@ -8,7 +8,9 @@ import sys
 
 import typer
 
-__all__ = ["Terminated", "app", "main", "terminate"]
+from servo._main import Terminated, terminate
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="servo",
@@ -17,14 +19,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class Terminated(BaseException):
-    """SIGTERM (kill, docker stop, a cancelled CI job) arrived: stop like Ctrl-C."""
-
-
-def terminate(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from servo._errors import ServoError
-from servo.cli._app import Terminated, terminate
+from servo._main import Terminated, terminate
 
 if TYPE_CHECKING:
     from servo.engine import EmbeddedEngine, RunOutcome

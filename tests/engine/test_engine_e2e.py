@@ -155,44 +155,55 @@ def test_ctrl_c_stops_servo_run_at_once_and_names_the_run_to_resume(
     assert "Traceback" not in stderr
 
 
-_SIGTERM_ON_IMPORT = """
-import importlib.abc, os, signal, sys
+_SIGNAL_ON_IMPORT = """
+import importlib, importlib.abc, os, signal, sys, tomllib
 
-MODULE = sys.argv[1]
+SIGNAL, MODULE = getattr(signal, sys.argv[1]), sys.argv[2]
 
 
-class SigtermOnImport(importlib.abc.MetaPathFinder):
+class SignalOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == MODULE:
             sys.meta_path.remove(self)
-            os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: mid-import
+            os.kill(os.getpid(), SIGNAL)  # handled at the next bytecode: mid-import
         return None
 
-sys.meta_path.insert(0, SigtermOnImport())
-sys.argv = ["servo", *sys.argv[2:]]
-from servo.cli import main
-main()
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["servo", *sys.argv[3:]]
+# What the installed `servo` script runs: its entry point, from pyproject.toml.
+with open(sys.argv.pop(-1), "rb") as project:
+    entry = tomllib.load(project)["project"]["scripts"]["servo"]
+module, _, function = entry.partition(":")
+getattr(importlib.import_module(module), function)()
 """
+PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 
 
 @pytest.mark.parametrize(
-    ("module", "command"),
-    [("servo.engine", ["run", str(LONG)]), ("servo.worker", ["worker", "--pipeline", str(LONG)])],
+    ("sig", "module", "command", "code", "word"),
+    [
+        ("SIGTERM", "servo.engine", ["run", str(LONG)], 143, "terminated"),
+        ("SIGTERM", "servo.worker", ["worker", "--pipeline", str(LONG)], 143, "terminated"),
+        ("SIGTERM", "typer", ["run", str(LONG)], 143, "terminated"),  # the command line's own modules
+        ("SIGINT", "typer", ["run", str(LONG)], 130, "interrupted"),
+        ("SIGINT", "servo.engine", ["run", str(LONG)], 130, "interrupted"),
+    ],
 )
-def test_sigterm_while_a_command_is_still_loading_exits_143_not_minus_15(
-    tmp_path: Path, module: str, command: list[str]
+def test_a_signal_while_a_command_is_still_loading_exits_with_its_code_not_a_traceback(
+    tmp_path: Path, sig: str, module: str, command: list[str], code: int, word: str
 ) -> None:
-    """A SIGTERM that arrives before the command is under way (its modules are still
-    loading: the first second of `servo run`) stops it like one that arrives later:
-    exit 143 and a line saying so, not death by the signal (-15) with nothing said."""
-    script = tmp_path / "sigterm_on_import.py"
-    script.write_text(_SIGTERM_ON_IMPORT)
+    """A SIGTERM or Ctrl-C that arrives before the command is under way (its modules are
+    still loading: the first second of `servo run`) stops it like one that arrives
+    later: exit 143 / 130 and a line saying so, not death by the signal (-15) with
+    nothing said, nor a KeyboardInterrupt traceback from the script's first import."""
+    script = tmp_path / "signal_on_import.py"
+    script.write_text(_SIGNAL_ON_IMPORT)
     result = subprocess.run(
-        [sys.executable, str(script), module, *command, "--home", str(tmp_path / ".servo")],
+        [sys.executable, str(script), sig, module, *command, "--home", str(tmp_path / ".servo"), str(PYPROJECT)],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )
-    assert result.returncode == 143, (result.returncode, result.stderr)
-    assert "terminated" in result.stderr
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert word in result.stderr
     assert "Traceback" not in result.stderr
 
 
