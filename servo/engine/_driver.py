@@ -389,6 +389,7 @@ class EmbeddedEngine:
         self._append(fresh)
         for event in fresh:
             self._intents[event.idempotency_key] = _Asked(now)
+        _observe.attempts_timed_out(fresh)
 
     def _gated_fact(self, event_type: str, data: Mapping[str, Any], traceparent: str | None) -> None:
         with self._gate.append():  # the fact's timestamp is taken inside the gate

@@ -200,6 +200,32 @@ def timer_handled(view: ProjectionView, timer: TimerRecord, events: Sequence[Eve
     _log.warning("run %s missed its SLA of %s s; %s", run.run_id, f"{run.sla_sec:g}" if run.sla_sec else "?", what, extra=extra)
 
 
+def attempts_timed_out(events: Sequence[Event]) -> None:
+    """An attempt the engine ended for silence (AttemptTimedOut: no heartbeat within its
+    heartbeat_timeout_sec, or its dispatch never started): a warning naming the task,
+    and a count under servo_errors_total{component="engine"}, as a task's own error has."""
+    for event in events:
+        if event.event_type != "AttemptTimedOut":
+            continue
+        data = event.data
+        reason = str(data.get("reason", ""))
+        error_type = "HeartbeatTimeout" if reason == "HEARTBEAT_TIMEOUT" else "DispatchTimeout"
+        obs.ERRORS.labels("engine", error_type).inc()
+        why = (
+            "no heartbeat within its heartbeat_timeout_sec"
+            if reason == "HEARTBEAT_TIMEOUT"
+            else "dispatched but never started within its heartbeat_timeout_sec"
+        )
+        extra = {
+            "component": "engine", "error_type": error_type, "run_id": data.get("run_id"),
+            "task_key": data.get("task_key"), "attempt_id": data.get("attempt_id"),
+        }
+        _log.warning(
+            "task %s attempt %s of run %s timed out (%s): %s", data.get("task_key"), data.get("attempt"),
+            data.get("run_id"), reason, why, extra=extra,
+        )
+
+
 def run_finished(run: Mapping[str, Any], seconds: float) -> None:
     """The run reached a terminal state."""
     extra = {"run_id": run["run_id"], "state": run["state"], "seconds": round(seconds, 3)}

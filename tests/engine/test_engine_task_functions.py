@@ -280,6 +280,38 @@ def test_a_run_past_its_sla_is_reported_and_goes_on_by_default(tmp_path: Path, c
     assert any("missed its SLA of 0.5 s" in r.getMessage() for r in caplog.records)
 
 
+def test_an_attempt_timed_out_is_logged_and_counted_as_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §6: every error has a structured log line and a metric. A task that raises
+    had both; one that hung until its heartbeat timeout had neither (found by a
+    black-box pass: only the summary said HEARTBEAT_TIMEOUT)."""
+    import logging
+    import threading
+
+    from servo.obs import REGISTRY
+
+    release = threading.Event()
+    pipeline = Pipeline("hangs")
+
+    @pipeline.task(heartbeat_timeout_sec=1)
+    def stuck() -> None:
+        release.wait(30)  # silent: no heartbeat
+
+    def errors() -> float:
+        value = REGISTRY.get_sample_value("servo_errors_total", {"component": "engine", "error_type": "HeartbeatTimeout"})
+        return value or 0.0
+
+    before = errors()
+    with caplog.at_level(logging.WARNING, logger="servo.engine"):
+        outcome = EmbeddedEngine(Home.open(tmp_path / "home"), pipeline, poll_seconds=0.01).run(timeout=60)
+    release.set()
+    assert outcome.state == "FAILED"
+    assert errors() == before + 1
+    (line,) = [r for r in caplog.records if "HEARTBEAT_TIMEOUT" in r.getMessage()]
+    assert line.levelno == logging.WARNING and "stuck" in line.getMessage()
+    assert line.__dict__["run_id"] == outcome.run["run_id"] and line.__dict__["task_key"] == "stuck"
+    assert line.__dict__["attempt_id"] and line.__dict__["error_type"] == "HeartbeatTimeout"
+
+
 def test_bad_sla_settings_are_refused() -> None:
     with pytest.raises(PipelineError, match="sla_sec"):
         Pipeline("bad", sla_sec=0)
