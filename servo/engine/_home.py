@@ -39,18 +39,22 @@ class Home:
 
     @classmethod
     def open(cls, root: Path | str = ".servo", *, create: bool = True) -> Home:
-        """Open (and by default create) a home directory."""
+        """Open (and by default create) a home directory; with `create=False` only an
+        existing home (one holding a `store/`), never some other directory."""
         path = Path(root)
         if path.exists() and not path.is_dir():
             raise HomeError(f"{path} exists and is not a directory")
+        if not create and not cls.holds_store(path):  # missing, or some other directory: read nothing, write nothing
+            raise HomeError(f"{path}: no Servo home here (run `servo run` first, or pass --home)")
         if not path.exists():
-            if not create:
-                raise HomeError(f"{path}: no Servo home here (run `servo run` first, or pass --home)")
             try:
                 path.mkdir(parents=True, exist_ok=True)  # another process may make it first
             except OSError as exc:
                 raise HomeError(f"cannot create a Servo home at {path}: {exc.strerror or exc}") from None
-        return cls(path.resolve())
+        home = cls(path.resolve())
+        if create:
+            home.store  # noqa: B018 - makes `store/`: what marks the directory as a home
+        return home
 
     @staticmethod
     def holds_store(root: Path | str) -> bool:

@@ -187,3 +187,16 @@ def test_the_run_table_shows_whole_run_ids_and_a_unique_prefix_names_a_run(
     assert "matches 2 runs" in ambiguous.output and "run_nightly" in ambiguous.output
     unknown = runner.invoke(app, ["runs", "cancel", "run_zzz", "--home", str(home)])
     assert unknown.exit_code == 1 and "no run 'run_zzz'" in unknown.output
+
+
+def test_runs_commands_on_a_directory_that_is_no_home_say_so_and_write_nothing(tmp_path: Path) -> None:
+    """A mistyped --home (the project directory, say) is not a home: `runs list|show|
+    cancel` say so (exit 2), as `ledger export` does, and leave no `store/` behind."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("x")
+    for command in (["list"], ["show", "run_x"], ["cancel", "run_x"]):
+        result = runner.invoke(app, ["runs", *command, "--home", str(project), "--json"])
+        assert result.exit_code == 2, (command, result.output)
+        assert "no Servo home here" in result.output and "Traceback" not in result.output
+        assert sorted(p.name for p in project.iterdir()) == ["notes.txt"], command
