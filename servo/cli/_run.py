@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from servo._errors import ServoError
-from servo._main import Terminated, terminate
+from servo._main import Terminated
 
 if TYPE_CHECKING:
     from servo.engine import EmbeddedEngine, RunOutcome
@@ -52,6 +52,48 @@ def _stdout_to_stderr() -> Iterator[None]:
             sys.stdout.flush()
             os.dup2(saved, 1)
             os.close(saved)
+
+class _Stops:
+    """Ctrl-C and SIGTERM during `servo run`, delivered where stopping is safe.
+
+    Raised at once, a KeyboardInterrupt lands at whatever bytecode runs: inside
+    importlib's module locks it is swallowed ("Exception ignored"; the run went on and
+    exited 0), inside a class body it becomes a RuntimeError, inside a store write an
+    odd error. So a signal is recorded, and raised: after Servo's own imports; at once
+    while the pipeline's file loads (user code, maybe slow; checked again after, in
+    case importlib swallowed it); by the engine at the top of its loop (`stop`). A
+    second signal is raised at once wherever it lands: a way out of anything stuck.
+    """
+
+    def __init__(self) -> None:
+        self.pending: type[BaseException] | None = None
+        self.immediate = False
+        self.engine: EmbeddedEngine | None = None
+
+    def install(self) -> list[tuple[int, Any]]:
+        """Handle SIGINT and SIGTERM; the previous handlers, to restore (none off the main thread)."""
+        previous: list[tuple[int, Any]] = []
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous.append((signum, signal.signal(signum, self.handle)))
+        except ValueError:  # not the main thread (called from code, not the command line)
+            pass
+        return previous
+
+    def handle(self, signum: int, frame: object) -> None:
+        kind: type[BaseException] = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        again = self.pending is not None
+        self.pending = self.pending or kind
+        if self.engine is not None and not again:
+            self.engine.stop(kind())
+        if self.immediate or again:
+            raise kind()
+
+    def check(self) -> None:
+        """Raise a signal that arrived meanwhile."""
+        if self.pending is not None:
+            raise self.pending()
+
 
 def _load_pipeline(path: Path, name: str | None, option: str = "--pipeline") -> Any:
     from servo.api import Pipeline
@@ -119,10 +161,8 @@ def run_command(
     metrics_addr: Annotated[str, typer.Option("--metrics-addr", help="Address for --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Run a pipeline to completion; exit 1 if the run did not succeed."""
-    try:  # first: a SIGTERM while the engine's modules load is exit 143 too
-        previous_sigterm: Any = signal.signal(signal.SIGTERM, terminate)  # like Ctrl-C
-    except ValueError:  # not the main thread (called from code, not the command line)
-        previous_sigterm = None
+    stops = _Stops()
+    previous_handlers = stops.install()  # first: a signal while the engine's modules load too
     err = Console(stderr=True, soft_wrap=True)
     engine: EmbeddedEngine | None = None
     stop_metrics = None
@@ -132,6 +172,8 @@ def run_command(
     try:
         from servo.engine import EmbeddedEngine, Home, RunTimedOut
         from servo.obs import configure_logging, serve_metrics
+
+        stops.check()
 
         for problem in (
             f"--workers must be at least 1 (got {workers})" if workers < 1 else "",
@@ -154,7 +196,12 @@ def run_command(
                 raise typer.Exit(2) from None
         if as_json:
             scope.enter_context(_stdout_to_stderr())
-        pipeline = _load_pipeline(file, pipeline_name)
+        stops.immediate = True  # the pipeline's own code: stoppable at once
+        try:
+            pipeline = _load_pipeline(file, pipeline_name)
+        finally:
+            stops.immediate = False
+        stops.check()
         live: Live | None = None
         if not as_json and sys.stdout.isatty():
             live = Live(_progress_table({}, "starting"), console=Console(), refresh_per_second=8)
@@ -165,6 +212,8 @@ def run_command(
 
         base = callback_base if external_workers else None
         engine = EmbeddedEngine(Home.open(home), pipeline, workers=workers, on_progress=progress, callback_base=base)
+        stops.engine = engine
+        stops.check()
         if live is not None:
             with live:
                 outcome = engine.run(run_key, timeout=timeout)
@@ -183,13 +232,14 @@ def run_command(
         word, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
         if engine is None:
             err.print(f"{word} before the run started")
+        elif engine.run_id is None:  # while starting or resuming it: which one is not known yet
+            err.print(f"{word} while starting the run; `servo run {file}` again resumes any unfinished run of it")
         else:
-            which = f"run {engine.run_id}" if engine.run_id else "the run"
-            err.print(f"{word}: {which} is unfinished; `servo run {file}` again resumes it")
+            err.print(f"{word}: run {engine.run_id} is unfinished; `servo run {file}` again resumes it")
         raise typer.Exit(code) from None
     finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        for signum, handler in previous_handlers:
+            signal.signal(signum, handler)
         scope.close()
         if stop_metrics is not None:
             stop_metrics()

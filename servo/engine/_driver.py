@@ -266,6 +266,7 @@ class EmbeddedEngine:
         # the view does not reflect yet is durable, so it is never appended again.
         self._intents: dict[str, _Asked] = {}
         self._released_at: datetime | None = None  # when leases of dead holders were last freed
+        self._stop: BaseException | None = None  # raised at the loop's next safe point (`stop`)
 
     # ----------------------------------------------------------------- I/O --
 
@@ -469,6 +470,17 @@ class EmbeddedEngine:
 
     # ---------------------------------------------------------------- run --
 
+    def stop(self, reason: BaseException) -> None:
+        """Have `run` raise `reason` at its next safe point (the top of its loop, or
+        while it waits to start), not in the middle of a write: for a signal handler
+        (`servo run`'s Ctrl-C and SIGTERM). Safe to call from any thread."""
+        self._stop = reason
+        self._wake.set()
+
+    def _check_stop(self) -> None:
+        if self._stop is not None:
+            raise self._stop
+
     def run(self, run_key: str | None = None, *, timeout: float | None = None) -> RunOutcome:
         """Run the pipeline to completion (resuming an unfinished run of it)."""
         with self.home.driving():  # `servo runs cancel` then hands us its event
@@ -493,6 +505,7 @@ class EmbeddedEngine:
         try:
             while True:
                 self._wake.clear()  # before reading: an append from now on runs the loop again
+                self._check_stop()
                 view, watermark = self._refresh()
                 run = view.runs.get(run_id)
                 if run is not None and not resumed:  # another engine may have won the key
@@ -542,7 +555,8 @@ class EmbeddedEngine:
         that finds them damaged waits for the leader to rebuild them (or leads itself
         once the leader lock is free, and rebuilds them)."""
         while True:
-            with self.home.starting():  # one starter at a time, until its run is published
+            self._check_stop()
+            with self.home.starting(self._stopping_wait):  # one starter at a time, until its run is published
                 view, _ = self._refresh()
                 try:
                     run_id, resumed = self._start_or_resume(view, run_key)
@@ -563,7 +577,13 @@ class EmbeddedEngine:
         Given up after PUBLISH_WAIT_SECONDS: the run goes on either way."""
         deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
         while run_id not in self._refresh()[0].runs and time.monotonic() < deadline:
-            self._wake.wait(self.poll_seconds)
+            self._stopping_wait(self.poll_seconds)
+
+    def _stopping_wait(self, seconds: float) -> None:
+        """Wait up to `seconds` (less if woken); raise if asked to stop (`stop`)."""
+        self._check_stop()
+        self._wake.wait(seconds)
+        self._check_stop()
 
     def _start_or_resume(self, view: ProjectionView, run_key: str | None) -> tuple[str, bool]:
         tables = self.reader.read().tables

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,13 +125,20 @@ class Home:
             os.close(fd)  # also releases the lock; a killed engine's goes with its process
 
     @contextlib.contextmanager
-    def starting(self) -> Iterator[None]:
+    def starting(self, wait: Callable[[float], None] = time.sleep) -> Iterator[None]:
         """Held exclusively by an engine deciding whether to start or resume a run, until
         a run it starts is published: two `servo run` of one pipeline started at once
-        then make one run (the second finds the first's and resumes it), not two."""
+        then make one run (the second finds the first's and resumes it), not two.
+        While another holds it, `wait(seconds)` is called between tries (it may raise,
+        to stop waiting)."""
         fd = os.open(self.root / "start.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    wait(0.02)
             yield
         finally:
             os.close(fd)  # also releases the lock; a killed engine's goes with its process
