@@ -41,6 +41,32 @@ def run_together(engines: list[EmbeddedEngine], run_key: str | None) -> list[Run
     return results
 
 
+def drive_into(results: list[RunOutcome | BaseException], engine: EmbeddedEngine, run_key: str | None) -> None:
+    """Run `engine` to its end; append its outcome or error to `results`."""
+    try:
+        results.append(engine.run(run_key, timeout=60))
+    except BaseException as error:  # reported to the test thread
+        results.append(error)
+
+
+def second_starts_while_first_pauses(
+    first: EmbeddedEngine, second: EmbeddedEngine, paused: list[bool], run_key: str | None
+) -> list[RunOutcome | BaseException]:
+    """Run `first`; once its fault hook has paused (`paused` is not empty), start `second`."""
+    import time
+
+    results: list[RunOutcome | BaseException] = []
+    threads = [threading.Thread(target=drive_into, args=(results, first, run_key))]
+    threads[0].start()
+    while not paused:
+        time.sleep(0.01)
+    threads.append(threading.Thread(target=drive_into, args=(results, second, run_key)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(90)
+    return results
+
+
 def test_two_replicas_converge_on_one_outbox_row_per_dispatch(tmp_path: Path, spec: Spec, rules: Registry) -> None:
     home = Home.open(tmp_path / "home")
     pipeline = fan_in("replicas", roots=4, sleep=0.1)
@@ -84,22 +110,7 @@ def test_two_runs_of_a_pipeline_started_at_once_without_a_run_key_make_one_run(
 
     first = EmbeddedEngine(home, pipeline, replica="a", faults=pause_once, workers=2, **FAST)
     second = EmbeddedEngine(home, pipeline, replica="b", workers=2, **FAST)
-    results: list[RunOutcome | BaseException] = []
-
-    def drive(engine: EmbeddedEngine) -> None:
-        try:
-            results.append(engine.run(timeout=60))
-        except BaseException as error:
-            results.append(error)
-
-    threads = [threading.Thread(target=drive, args=(first,))]
-    threads[0].start()
-    while not paused:
-        time.sleep(0.01)
-    threads.append(threading.Thread(target=drive, args=(second,)))
-    threads[1].start()
-    for thread in threads:
-        thread.join(90)
+    results = second_starts_while_first_pauses(first, second, paused, None)
 
     assert all(isinstance(r, RunOutcome) and r.state == "SUCCEEDED" for r in results), results
     outcomes = [r for r in results if isinstance(r, RunOutcome)]
@@ -204,22 +215,7 @@ def test_a_replica_starting_while_another_leads_never_emits_intents(tmp_path: Pa
 
     first = EmbeddedEngine(home, pipeline, replica="a", faults=pause_once, **FAST)
     second = EmbeddedEngine(home, pipeline, replica="b", **FAST)
-    results: list[RunOutcome | BaseException] = []
-
-    def drive(engine: EmbeddedEngine) -> None:
-        try:
-            results.append(engine.run("two-starts:1", timeout=60))
-        except BaseException as error:
-            results.append(error)
-
-    threads = [threading.Thread(target=drive, args=(first,))]
-    threads[0].start()
-    while not paused:
-        time.sleep(0.01)
-    threads.append(threading.Thread(target=drive, args=(second,)))
-    threads[1].start()
-    for thread in threads:
-        thread.join(90)
+    results = second_starts_while_first_pauses(first, second, paused, "two-starts:1")
 
     assert all(isinstance(r, RunOutcome) and r.state == "SUCCEEDED" for r in results), results
     audit = Audit.of(home, spec, rules)
@@ -256,18 +252,11 @@ def test_only_the_leader_handles_timers_so_a_followers_retry_fires_on_time(tmp_p
     flaky.task(once, name="t", max_attempts=2, retry=RetryPolicy(base_sec=0.2, factor=1.0, cap_sec=0.2))
     leader = EmbeddedEngine(home, slow, replica="a", **FAST)
     results: list[RunOutcome | BaseException] = []
-
-    def drive(engine: EmbeddedEngine) -> None:
-        try:
-            results.append(engine.run(timeout=60))
-        except BaseException as error:
-            results.append(error)
-
-    first = threading.Thread(target=drive, args=(leader,))
+    first = threading.Thread(target=drive_into, args=(results, leader, None))
     first.start()
     while not leader.leading:
         time.sleep(0.01)
-    drive(EmbeddedEngine(home, flaky, replica="b", **FAST))
+    drive_into(results, EmbeddedEngine(home, flaky, replica="b", **FAST), None)
     first.join(90)
 
     assert all(isinstance(r, RunOutcome) and r.state == "SUCCEEDED" for r in results), results
