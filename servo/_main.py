@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import NoReturn
 
 __all__ = ["Terminated", "main", "terminate"]
 
@@ -25,18 +24,22 @@ def terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Entry point of the `servo` script."""
+    """Entry point of the `servo` script.
+
+    A signal while the command line loads is recorded, not raised: raised, it lands
+    in whatever runs, a class body (a RuntimeError traceback) or importlib's module
+    locks (where it is swallowed). Once loaded, the process stops with 130 / 143.
+    """
+    arrived: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: arrived.append(signum))
+    from servo.cli import main as command_line
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, terminate)
-    try:
-        from servo.cli import main as command_line
-    except KeyboardInterrupt:
-        _stopped("interrupted", 130)
-    except Terminated:
-        _stopped("terminated", 143)
+    if arrived:
+        word, code = ("terminated", 143) if arrived[0] == signal.SIGTERM else ("interrupted", 130)
+        sys.stderr.write(f"{word} before the command started\n")
+        sys.stderr.flush()
+        os._exit(code)
     command_line()
-
-
-def _stopped(word: str, code: int) -> NoReturn:
-    sys.stderr.write(f"{word} before the command started\n")
-    sys.stderr.flush()
-    os._exit(code)

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -46,9 +46,9 @@ def _configure_logging() -> None:
 _UVICORN_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+def _stop_on_signals(stop: threading.Event) -> list[tuple[int, Any]]:
+    """SIGINT and SIGTERM set `stop`; the previous handlers, to restore."""
+    return [(sig, signal.signal(sig, lambda *_: stop.set())) for sig in (signal.SIGINT, signal.SIGTERM)]
 
 
 def serve_command(
@@ -143,12 +143,18 @@ def worker_command(
         worker.check_server(max(0.0, deadline - time.monotonic()))
     except ServoError as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt:  # loading the pipeline, waiting for the home or the server
+        Console(stderr=True).print("servo worker: interrupted before it started", markup=False)
+        raise typer.Exit(130) from None
     stop = threading.Event()
-    _stop_on_signals(stop)
+    previous = _stop_on_signals(stop)
     where = server or "each delivery's callback_base"
     Console(stderr=True).print(f"servo worker: {pipeline.name} from {h.root}, reporting to {where}", markup=False)
     try:
         handled = worker.run(stop, idle_exit=idle_exit)
     except ServoError as exc:
         raise _fail(str(exc)) from None
+    finally:
+        for sig, handler in previous:
+            signal.signal(sig, handler)
     Console(stderr=True).print(f"servo worker: stopped after {handled} task(s)", markup=False)

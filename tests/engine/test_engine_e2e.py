@@ -207,6 +207,49 @@ def test_a_signal_while_a_command_is_still_loading_exits_with_its_code_not_a_tra
     assert "Traceback" not in result.stderr
 
 
+_SIGNAL_THEN_MARK = """
+import importlib, importlib.abc, os, pathlib, signal, sys, tomllib
+
+SIGNAL, FIRST, LATER, MARK = getattr(signal, sys.argv[1]), sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
+
+
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == FIRST:
+            os.kill(os.getpid(), SIGNAL)
+        elif name == LATER:
+            MARK.write_text("reached")
+        return None
+
+sys.meta_path.insert(0, Hook())
+sys.argv = ["servo", "--help"]
+with open(%r, "rb") as project:  # what the installed `servo` script runs
+    entry = tomllib.load(project)["project"]["scripts"]["servo"]
+module, _, function = entry.partition(":")
+getattr(importlib.import_module(module), function)()
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_signal_while_the_command_line_loads_waits_for_the_loading_to_finish(
+    tmp_path: Path, sig: str, code: int, word: str
+) -> None:
+    """Raised in the middle of an import, KeyboardInterrupt can land in a class body
+    (rich's `Column`: a RuntimeError traceback, exit 1) or in importlib's locks (where
+    it is swallowed). The script records a signal while the command line loads, lets
+    the loading finish, then exits 130 / 143 with one line."""
+    mark = tmp_path / "reached"
+    script = tmp_path / "signal_then_mark.py"
+    script.write_text(_SIGNAL_THEN_MARK % str(PYPROJECT))
+    result = subprocess.run(
+        [sys.executable, str(script), sig, "rich.table", "servo.cli._spec", str(mark)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert mark.exists()  # the modules after the one the signal landed in were loaded
+    assert result.stderr.strip() == f"{word} before the command started"
+
+
 def test_a_run_past_its_timeout_exits_3_and_with_json_still_prints_where_it_stands(tmp_path: Path) -> None:
     """`--timeout S` gives up waiting (exit 3; the run stays unfinished and resumable);
     with `--json` a script still gets one JSON document: the run and its tasks as they

@@ -76,3 +76,18 @@ def test_out_of_range_options_are_clear_errors(tmp_path: Path) -> None:
     for lease in ("0", "-1"):
         args = ["worker", "--home", home, "--pipeline", str(EXAMPLE), "--lease-seconds", lease]
         _clear_error(runner.invoke(app, args), "--lease-seconds")
+
+
+def test_ctrl_c_while_a_worker_waits_for_its_server_says_so(tmp_path: Path) -> None:
+    """Ctrl-C before the worker is under way (waiting for `servo serve`) ended it with
+    130 and nothing said; now one line says it stopped before it started."""
+    import os
+    import signal
+
+    Home.open(tmp_path / "h")
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    args = ["worker", "--home", str(tmp_path / "h"), "--pipeline", str(EXAMPLE), "--server", "http://127.0.0.1:9",
+            "--wait-for-server", "20"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130, result.output
+    assert "servo worker: interrupted before it started" in result.output
