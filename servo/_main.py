@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import suppress
 
-__all__ = ["Terminated", "main", "terminate"]
+__all__ = ["Terminated", "defer_signals", "main", "release_signals", "terminate"]
 
 
 class Terminated(BaseException):
@@ -23,23 +24,44 @@ def terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def main() -> None:
-    """Entry point of the `servo` script.
+_arrived: list[int] = []  # signals recorded while deferred
 
-    A signal while the command line loads is recorded, not raised: raised, it lands
-    in whatever runs, a class body (a RuntimeError traceback) or importlib's module
-    locks (where it is swallowed). Once loaded, the process stops with 130 / 143.
+
+def _record(signum: int, frame: object) -> None:
+    _arrived.append(signum)
+
+
+def defer_signals() -> None:
+    """Record SIGINT and SIGTERM instead of acting on them, until `release_signals`.
+
+    While the command line loads and Typer builds the command (it imports pydantic
+    then), a signal raised at once lands in whatever runs: a class body (a
+    RuntimeError traceback) or importlib's module locks (where it is swallowed and
+    the command goes on). Off the main thread (called from code): nothing.
     """
-    arrived: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
-    signal.signal(signal.SIGTERM, lambda signum, frame: arrived.append(signum))
-    from servo.cli import main as command_line
+    with suppress(ValueError):
+        signal.signal(signal.SIGINT, _record)
+        signal.signal(signal.SIGTERM, _record)
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, terminate)
-    if arrived:
-        word, code = ("terminated", 143) if arrived[0] == signal.SIGTERM else ("interrupted", 130)
+
+def release_signals() -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM `Terminated` again; one that arrived
+    while deferred ends the process now: 130 / 143 and a line saying so."""
+    with suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, terminate)
+    if _arrived:
+        word, code = ("terminated", 143) if _arrived[0] == signal.SIGTERM else ("interrupted", 130)
+        sys.stdout.flush()
         sys.stderr.write(f"{word} before the command started\n")
         sys.stderr.flush()
         os._exit(code)
+
+
+def main() -> None:
+    """Entry point of the `servo` script: signals are deferred before anything heavy
+    loads, and released when the command starts (the root callback of the app)."""
+    defer_signals()
+    from servo.cli import main as command_line
+
     command_line()

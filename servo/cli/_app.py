@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import typer
 
-from servo._main import Terminated, terminate
+from servo._main import Terminated, defer_signals, release_signals
 
 __all__ = ["app", "main"]
 
@@ -21,6 +20,13 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _started() -> None:
+    """Runs as any command starts: Ctrl-C and SIGTERM act again (and one that came
+    while the command line loaded ends it now)."""
+    release_signals()
+
+
 def main() -> None:
     """Entry point of the `servo` script.
 
@@ -29,12 +35,12 @@ def main() -> None:
     interpreter's teardown ("terminate called without an active exception", exit
     134) after all work was done, which turned a success into a crash code.
 
-    A SIGTERM before a command installs its own handling (while its modules load, the
-    first second of `servo run`) ends it with 143 and a line saying so, like Ctrl-C's
-    130, not with death by the signal and nothing said.
+    A SIGTERM or Ctrl-C before the command starts is held until it starts (see
+    `servo._main.defer_signals`), then ends it with 143 / 130 and a line saying so;
+    after that, SIGTERM stops a command as Ctrl-C does, not by death by the signal.
     """
     code: int = 0
-    signal.signal(signal.SIGTERM, terminate)
+    defer_signals()  # until the command starts: see `_started`
     try:
         app()
     except SystemExit as exc:

@@ -222,7 +222,7 @@ class Hook(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Hook())
-sys.argv = ["servo", "--help"]
+sys.argv = ["servo", "runs", "list", "--home", str(MARK.parent / "no-home-here")]
 with open(%r, "rb") as project:  # what the installed `servo` script runs
     entry = tomllib.load(project)["project"]["scripts"]["servo"]
 module, _, function = entry.partition(":")
@@ -247,6 +247,16 @@ def test_a_signal_while_the_command_line_loads_waits_for_the_loading_to_finish(
     )
     assert result.returncode == code, (result.returncode, result.stderr)
     assert mark.exists()  # the modules after the one the signal landed in were loaded
+    assert result.stderr.strip() == f"{word} before the command started"
+    # Typer builds the command from its declaration (importing pydantic) only once it
+    # runs: a signal then, after the command line loaded, is held the same way.
+    mark.unlink()
+    result = subprocess.run(
+        [sys.executable, str(script), sig, "pydantic", "pydantic.fields", str(mark)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert mark.exists()
     assert result.stderr.strip() == f"{word} before the command started"
 
 
