@@ -556,7 +556,8 @@ class EmbeddedEngine:
         once the leader lock is free, and rebuilds them)."""
         while True:
             self._check_stop()
-            with self.home.starting(self._stopping_wait):  # one starter at a time, until its run is published
+            self.faults("before_start", run_key or "")
+            with self.home.starting(self._folding_wait):  # one starter at a time, until its run is published
                 view, _ = self._refresh()
                 try:
                     run_id, resumed = self._start_or_resume(view, run_key)
@@ -578,6 +579,13 @@ class EmbeddedEngine:
         deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
         while run_id not in self._refresh()[0].runs and time.monotonic() < deadline:
             self._stopping_wait(self.poll_seconds)
+
+    def _folding_wait(self, seconds: float) -> None:
+        """Wait for the start lock: a leader folds meanwhile, so that the starter holding
+        it, which waits for its run to be published, is not left waiting for us."""
+        if self.leading:
+            self._refresh()
+        self._stopping_wait(seconds)
 
     def _stopping_wait(self, seconds: float) -> None:
         """Wait up to `seconds` (less if woken); raise if asked to stop (`stop`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from engine_audit import Audit, Crash, fan_in, queue_task_names
 
 from servo.core._registry import Registry
@@ -50,7 +51,7 @@ def drive_into(results: list[RunOutcome | BaseException], engine: EmbeddedEngine
 
 
 def second_starts_while_first_pauses(
-    first: EmbeddedEngine, second: EmbeddedEngine, paused: list[bool], run_key: str | None
+    first: EmbeddedEngine, second: EmbeddedEngine, paused: list[bool], run_key: str | None, *, join_seconds: float = 90
 ) -> list[RunOutcome | BaseException]:
     """Run `first`; once its fault hook has paused (`paused` is not empty), start `second`."""
     import time
@@ -63,8 +64,8 @@ def second_starts_while_first_pauses(
     threads.append(threading.Thread(target=drive_into, args=(results, second, run_key)))
     threads[1].start()
     for thread in threads:
-        thread.join(90)
-    return results
+        thread.join(join_seconds)
+    return list(results)
 
 
 def test_two_replicas_converge_on_one_outbox_row_per_dispatch(tmp_path: Path, spec: Spec, rules: Registry) -> None:
@@ -119,6 +120,44 @@ def test_two_runs_of_a_pipeline_started_at_once_without_a_run_key_make_one_run(
     audit = Audit.of(home, spec, rules)
     assert len(audit.tables["runs"]) == 1
     assert audit.successes() == {"r0": 1, "r1": 1, "join": 1}
+
+
+def test_a_leader_waiting_to_start_keeps_folding_so_the_starter_ahead_of_it_is_published(
+    tmp_path: Path, spec: Spec, rules: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a black-box pass of ADR 027's start lock: the engine holding the leader
+    lock waited for the start lock without folding, while the follower holding the
+    start lock waited for the leader to publish its run: a 10 s stall, after which a
+    third starter found nothing published and made a second run. Here the leader
+    pauses before its start until the follower has triggered its run; with the
+    publish wait made long, a leader that stops folding would hang the test."""
+
+    from servo.engine import _driver
+
+    monkeypatch.setattr(_driver, "PUBLISH_WAIT_SECONDS", 120.0)
+    home = Home.open(tmp_path / "home")
+    pipeline = fan_in("ahead", roots=2, sleep=0.05)
+    triggered = threading.Event()
+    paused: list[bool] = []
+
+    def leader_waits(point: str, key: str) -> None:
+        if point == "before_start" and not paused:
+            paused.append(True)
+            triggered.wait(30)
+
+    def follower_triggers(point: str, key: str) -> None:
+        if point == "after_trigger":
+            triggered.set()
+
+    leader = EmbeddedEngine(home, pipeline, replica="a", faults=leader_waits, workers=2, **FAST)
+    follower = EmbeddedEngine(home, pipeline, replica="b", faults=follower_triggers, workers=2, **FAST)
+    results = second_starts_while_first_pauses(leader, follower, paused, None, join_seconds=40)
+
+    assert len(results) == 2 and all(isinstance(r, RunOutcome) and r.state == "SUCCEEDED" for r in results), results
+    outcomes = [r for r in results if isinstance(r, RunOutcome)]
+    assert len({r.run["run_id"] for r in outcomes}) == 1
+    assert {r.resumed for r in outcomes} == {False, True}
+    assert len(Audit.of(home, spec, rules).tables["runs"]) == 1
 
 
 def test_fenced_replica_takes_over_when_the_leader_dies(tmp_path: Path, spec: Spec, rules: Registry) -> None:
