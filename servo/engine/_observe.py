@@ -218,7 +218,7 @@ def attempts_timed_out(events: Sequence[Event]) -> None:
         )
         extra = {
             "component": "engine", "error_type": error_type, "run_id": data.get("run_id"),
-            "task_key": data.get("task_key"), "attempt_id": data.get("attempt_id"),
+            "task_key": data.get("task_key"), "attempt": data.get("attempt"), "attempt_id": data.get("attempt_id"),
         }
         _log.warning(
             "task %s attempt %s of run %s timed out (%s): %s", data.get("task_key"), data.get("attempt"),

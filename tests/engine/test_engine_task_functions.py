@@ -309,7 +309,7 @@ def test_an_attempt_timed_out_is_logged_and_counted_as_an_error(tmp_path: Path, 
     (line,) = [r for r in caplog.records if "HEARTBEAT_TIMEOUT" in r.getMessage()]
     assert line.levelno == logging.WARNING and "stuck" in line.getMessage()
     assert line.__dict__["run_id"] == outcome.run["run_id"] and line.__dict__["task_key"] == "stuck"
-    assert line.__dict__["attempt_id"] and line.__dict__["error_type"] == "HeartbeatTimeout"
+    assert line.__dict__["attempt_id"] and line.__dict__["attempt"] == 1 and line.__dict__["error_type"] == "HeartbeatTimeout"
 
 
 def test_bad_sla_settings_are_refused() -> None:
