@@ -1,9 +1,10 @@
-"""The `servo` console script: signal handling first, then the command line's modules.
+"""The `servo` console script: signals are held before the command line's modules load.
 
-Loading the command line (Typer, Rich, the engine) takes a good part of a second. A
-Ctrl-C or SIGTERM in that time used to end the process with a KeyboardInterrupt
-traceback, or killed by the signal with nothing said. This module imports nothing
-heavy, so the handling is in place before that loading starts.
+Loading the command line (Typer, Rich, the engine) takes a good part of a second, and
+Typer imports pydantic while it builds the command. A Ctrl-C or SIGTERM raised then
+lands in whatever runs (a class body, importlib's locks) and used to end the process
+with a traceback, be swallowed, or kill it with nothing said. This module imports
+nothing heavy: it records signals until the command starts (`release_signals`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
-__all__ = ["Terminated", "defer_signals", "main", "release_signals", "terminate"]
+__all__ = ["Handlers", "Terminated", "defer_signals", "handle_signals", "main", "release_signals", "restore_signals", "terminate"]
 
 
 class Terminated(BaseException):
@@ -22,6 +25,26 @@ class Terminated(BaseException):
 
 def terminate(signum: int, frame: object) -> None:
     raise Terminated
+
+
+Handlers = list[tuple[int, Any]]
+
+
+def handle_signals(handler: Callable[[int, Any], None]) -> Handlers:
+    """Handle SIGINT and SIGTERM with `handler`; the handlers it replaced, for
+    `restore_signals`. Off the main thread (called from code, not the command line):
+    nothing, and nothing to restore."""
+    previous: Handlers = []
+    with suppress(ValueError):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous.append((signum, signal.signal(signum, handler)))
+    return previous
+
+
+def restore_signals(previous: Handlers) -> None:
+    """Put back the handlers `handle_signals` replaced."""
+    for signum, handler in previous:
+        signal.signal(signum, handler)
 
 
 _arrived: list[int] = []  # signals recorded while deferred
@@ -39,9 +62,7 @@ def defer_signals() -> None:
     RuntimeError traceback) or importlib's module locks (where it is swallowed and
     the command goes on). Off the main thread (called from code): nothing.
     """
-    with suppress(ValueError):
-        signal.signal(signal.SIGINT, _record)
-        signal.signal(signal.SIGTERM, _record)
+    handle_signals(_record)
 
 
 def release_signals() -> None:

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from servo._errors import ServoError
-from servo._main import Terminated
+from servo._main import Terminated, handle_signals, restore_signals
 
 if TYPE_CHECKING:
     from servo.engine import EmbeddedEngine, RunOutcome
@@ -69,16 +69,6 @@ class _Stops:
         self.pending: type[BaseException] | None = None
         self.immediate = False
         self.engine: EmbeddedEngine | None = None
-
-    def install(self) -> list[tuple[int, Any]]:
-        """Handle SIGINT and SIGTERM; the previous handlers, to restore (none off the main thread)."""
-        previous: list[tuple[int, Any]] = []
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous.append((signum, signal.signal(signum, self.handle)))
-        except ValueError:  # not the main thread (called from code, not the command line)
-            pass
-        return previous
 
     def handle(self, signum: int, frame: object) -> None:
         kind: type[BaseException] = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
@@ -162,7 +152,7 @@ def run_command(
 ) -> None:
     """Run a pipeline to completion; exit 1 if the run did not succeed."""
     stops = _Stops()
-    previous_handlers = stops.install()  # first: a signal while the engine's modules load too
+    previous_handlers = handle_signals(stops.handle)  # first: a signal while the engine's modules load too
     err = Console(stderr=True, soft_wrap=True)
     engine: EmbeddedEngine | None = None
     stop_metrics = None
@@ -238,8 +228,7 @@ def run_command(
             err.print(f"{word}: run {engine.run_id} is unfinished; `servo run {file}` again resumes it")
         raise typer.Exit(code) from None
     finally:
-        for signum, handler in previous_handlers:
-            signal.signal(signum, handler)
+        restore_signals(previous_handlers)
         scope.close()
         if stop_metrics is not None:
             stop_metrics()

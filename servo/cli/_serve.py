@@ -7,18 +7,18 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from servo._errors import ServoError
+from servo._main import Handlers, handle_signals, restore_signals
 
 if TYPE_CHECKING:
     from servo.engine import Home
@@ -46,9 +46,9 @@ def _configure_logging() -> None:
 _UVICORN_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
-def _stop_on_signals(stop: threading.Event) -> list[tuple[int, Any]]:
-    """SIGINT and SIGTERM set `stop`; the previous handlers, to restore."""
-    return [(sig, signal.signal(sig, lambda *_: stop.set())) for sig in (signal.SIGINT, signal.SIGTERM)]
+def _stop_on_signals(stop: threading.Event) -> Handlers:
+    """SIGINT and SIGTERM set `stop`; the handlers they replaced, to restore."""
+    return handle_signals(lambda *_: stop.set())
 
 
 def serve_command(
@@ -155,6 +155,5 @@ def worker_command(
     except ServoError as exc:
         raise _fail(str(exc)) from None
     finally:
-        for sig, handler in previous:
-            signal.signal(sig, handler)
+        restore_signals(previous)
     Console(stderr=True).print(f"servo worker: stopped after {handled} task(s)", markup=False)
