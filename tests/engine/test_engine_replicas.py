@@ -10,6 +10,8 @@ row (and one queue task) per dispatch; each task's success is accepted once.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,12 +52,22 @@ def drive_into(results: list[RunOutcome | BaseException], engine: EmbeddedEngine
         results.append(error)
 
 
+def pause_once_at(point: str, paused: list[bool]) -> Callable[[str, str], None]:
+    """A fault hook that sleeps a second the first time the engine reaches `point`,
+    noting it in `paused` (what `second_starts_while_first_pauses` waits for)."""
+
+    def pause(at: str, key: str) -> None:
+        if at == point and not paused:
+            paused.append(True)
+            time.sleep(1.0)
+
+    return pause
+
+
 def second_starts_while_first_pauses(
     first: EmbeddedEngine, second: EmbeddedEngine, paused: list[bool], run_key: str | None, *, join_seconds: float = 90
 ) -> list[RunOutcome | BaseException]:
     """Run `first`; once its fault hook has paused (`paused` is not empty), start `second`."""
-    import time
-
     results: list[RunOutcome | BaseException] = []
     threads = [threading.Thread(target=drive_into, args=(results, first, run_key))]
     threads[0].start()
@@ -98,18 +110,10 @@ def test_two_runs_of_a_pipeline_started_at_once_without_a_run_key_make_one_run(
     published tables, where the next one finds it and resumes it. Here the first
     starter pauses between appending its RunTriggered and publishing it, while the
     second one starts."""
-    import time
-
     home = Home.open(tmp_path / "home")
     pipeline = fan_in("together", roots=2, sleep=0.05)
     paused: list[bool] = []
-
-    def pause_once(point: str, key: str) -> None:
-        if point == "after_trigger" and not paused:
-            paused.append(True)
-            time.sleep(1.0)
-
-    first = EmbeddedEngine(home, pipeline, replica="a", faults=pause_once, workers=2, **FAST)
+    first = EmbeddedEngine(home, pipeline, replica="a", faults=pause_once_at("after_trigger", paused), workers=2, **FAST)
     second = EmbeddedEngine(home, pipeline, replica="b", workers=2, **FAST)
     results = second_starts_while_first_pauses(first, second, paused, None)
 
@@ -241,18 +245,10 @@ def test_a_replica_starting_while_another_leads_never_emits_intents(tmp_path: Pa
     the queue task carried the other attempt id, so the attempt that ran was refused
     as stale and the task sat DISPATCHED until its heartbeat check failed it. Here the
     first leader pauses just before emitting, while the second one starts."""
-    import time
-
     home = Home.open(tmp_path / "home")
     pipeline = fan_in("two_starts", roots=3, sleep=0.05)
     paused: list[bool] = []
-
-    def pause_once(point: str, key: str) -> None:
-        if point == "before_intents" and not paused:
-            paused.append(True)
-            time.sleep(1.0)
-
-    first = EmbeddedEngine(home, pipeline, replica="a", faults=pause_once, **FAST)
+    first = EmbeddedEngine(home, pipeline, replica="a", faults=pause_once_at("before_intents", paused), **FAST)
     second = EmbeddedEngine(home, pipeline, replica="b", **FAST)
     results = second_starts_while_first_pauses(first, second, paused, "two-starts:1")
 
@@ -273,8 +269,6 @@ def test_only_the_leader_handles_timers_so_a_followers_retry_fires_on_time(tmp_p
     it against its own watermark, the published manifest's, which lags: so it
     rescheduled the timer (a TimerRequested from the handler, 2 s later) again and
     again. The leader's watermark is its own compaction cut; it handles every timer."""
-    import time
-
     from servo.api import Pipeline, RetryPolicy
 
     home = Home.open(tmp_path / "home")
